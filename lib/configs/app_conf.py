@@ -1,0 +1,116 @@
+"""Typed parsing of the app's ``--conf key value`` strings, done once, in one place.
+
+MONAI Label passes every ``--conf`` value as a string (and exports them to train/scoring
+subprocesses through the environment); ``AppConf.parse`` turns them into typed, validated fields.
+The README's administrator table documents these keys.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from lib.tools.interaction import Prompting
+from lib.tools.registry import BACKENDS
+
+TRUE = {"1", "true", "yes", "on", "y", "t"}
+FALSE = {"0", "false", "no", "off", "n", "f", ""}
+
+#: which prompts reach each backend per turn; see BENCHMARKS.md for the measurement behind it
+#: (LiteMedSAM: box + all clicks without logits scored best of the three modes).
+DEFAULT_PROMPTING = {"litemedsam": "all", "sam2": "all_logits", "medsam2": "all_logits"}
+
+
+def _bool(key: str, v: str) -> bool:
+    s = str(v).strip().lower()
+    if s in TRUE:
+        return True
+    if s in FALSE:
+        return False
+    raise ValueError(f"--conf {key} {v!r}: expected true or false")
+
+
+@dataclass
+class AppConf:
+    """App settings (``--conf key value``).
+
+    Attributes:
+        backends: segmentation backends to offer (subset of litemedsam, sam2, medsam2); a backend
+            whose checkpoint is missing is left out of /info with a logged reason.
+        device: "cpu" or "cuda[:n]" for the tools.
+        threads: torch intra-op threads (0 = torch default).
+        ct_window: CT soft-tissue window (level, width) in HU used before the tool sees a CT slice.
+        session_cache_mb: memory for cached slice embeddings (LRU), MiB.
+        sam2_checkpoint / sam2_config: user-supplied SAM 2.1 checkpoint and Hydra config.
+        medsam2_checkpoint: user-supplied MedSAM2_latest.pt.
+        prompting: per-backend prompting mode (newest | all | all_logits).
+        labels: label name -> value (JSON); empty = read the studies' dataset.json.
+        preload: load the tools at start-up instead of on first use.
+    """
+
+    backends: tuple[str, ...] = BACKENDS
+    device: str = "cpu"
+    threads: int = 0
+    ct_window: tuple[float, float] = (40.0, 400.0)
+    session_cache_mb: int = 512
+    sam2_checkpoint: str = ""
+    sam2_config: str = "configs/sam2.1/sam2.1_hiera_t.yaml"
+    medsam2_checkpoint: str = ""
+    prompting: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_PROMPTING))
+    labels: dict[str, int] = field(default_factory=dict)
+    preload: bool = False
+
+    def __post_init__(self) -> None:
+        unknown = [b for b in self.backends if b not in BACKENDS]
+        if unknown:
+            raise ValueError(f"--conf backends: unknown {unknown}; choose from {', '.join(BACKENDS)}")
+        for b, mode in self.prompting.items():
+            try:
+                Prompting(mode)
+            except ValueError:
+                raise ValueError(
+                    f"--conf prompting: {b}={mode!r}; use one of {[p.value for p in Prompting]}"
+                ) from None
+        if self.session_cache_mb <= 0:
+            raise ValueError(f"--conf session_cache_mb must be > 0, got {self.session_cache_mb}")
+        for name, v in self.labels.items():
+            if not isinstance(v, int) or v <= 0:
+                raise ValueError(f"--conf labels: value of {name!r} must be a positive integer, got {v!r}")
+
+    @classmethod
+    def parse(cls, conf: dict[str, str] | None) -> "AppConf":
+        """Build from MONAI Label's string conf dict; unknown keys are ignored (MONAI Label adds its own)."""
+        conf = dict(conf or {})
+        known = {f.name for f in fields(cls)}
+        kw: dict[str, Any] = {}
+        for key, raw in conf.items():
+            if key not in known:
+                continue
+            v = str(raw)
+            if key == "backends":
+                kw[key] = tuple(b.strip() for b in v.split(",") if b.strip())
+            elif key in ("threads", "session_cache_mb"):
+                try:
+                    kw[key] = int(v)
+                except ValueError:
+                    raise ValueError(f"--conf {key} {v!r}: expected an integer") from None
+            elif key == "ct_window":
+                try:
+                    level, width = (float(x) for x in v.split(","))
+                except ValueError:
+                    raise ValueError(f"--conf ct_window {v!r}: expected 'level,width' in HU, e.g. 40,400") from None
+                kw[key] = (level, width)
+            elif key == "preload":
+                kw[key] = _bool(key, v)
+            elif key in ("prompting", "labels"):
+                try:
+                    parsed = json.loads(v)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"--conf {key}: not valid JSON ({e}); e.g. '{{\"liver\": 1}}'") from None
+                if not isinstance(parsed, dict):
+                    raise ValueError(f"--conf {key}: expected a JSON object")
+                kw[key] = {**DEFAULT_PROMPTING, **parsed} if key == "prompting" else parsed
+            else:
+                kw[key] = v
+        return cls(**kw)

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Set up (or reuse) the project's virtual environment, build the sample studies if absent, and start
+# the MONAI Label server with this app on 127.0.0.1, offline.
+#   ./scripts/serve.sh [--port 8000] [--studies DIR] [--conf key value]...
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PORT="${PORT:-8000}"
+STUDIES=""
+EXTRA=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --port) PORT="$2"; shift 2 ;;
+    --studies) STUDIES="$2"; shift 2 ;;
+    *) EXTRA+=("$1"); shift ;;
+  esac
+done
+source "$ROOT/scripts/setup_env.sh"
+if [ -z "$STUDIES" ]; then
+  python "$ROOT/scripts/make_sample_studies.py" --out "$ROOT/sample-data"
+  STUDIES="$ROOT/sample-data/studies"
+fi
+# Offline: no zoo listing, no SAM2 weight download, no tracking.
+export MONAI_ZOO_SOURCE=local
+export MONAI_LABEL_DATASTORE_AUTO_RELOAD="${MONAI_LABEL_DATASTORE_AUTO_RELOAD:-true}"
+echo "[serve] MONAI Label on http://127.0.0.1:$PORT  app=$ROOT  studies=$STUDIES"
+# `python -m monailabel.main` (not the `monailabel` launcher) so the venv's interpreter is used.
+exec python -m monailabel.main start_server --app "$ROOT" --studies "$STUDIES" \
+  --host 127.0.0.1 --port "$PORT" "${EXTRA[@]}"
