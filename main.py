@@ -5,6 +5,11 @@ from __future__ import annotations
 import logging
 import os
 
+from fastapi import HTTPException
+from monailabel.interfaces.app import MONAILabelApp
+from monailabel.tasks.activelearning.first import First
+from monailabel.tasks.activelearning.random import Random
+
 import lib  # noqa: F401  (imported at top: MONAI Label drops the app dir from sys.path after loading main.py)
 import lib.configs.app_conf
 import lib.configs.labels
@@ -12,10 +17,6 @@ import lib.infers.interactive
 import lib.tools.cache
 import lib.tools.provider
 import lib.tools.registry
-from fastapi import HTTPException
-from monailabel.interfaces.app import MONAILabelApp
-from monailabel.tasks.activelearning.first import First
-from monailabel.tasks.activelearning.random import Random
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ class MedSAMAgentApp(MONAILabelApp):
             name="MedSAM-Agent",
             description="Multi-turn agent over promptable medical segmenters (LiteMedSAM, SAM 2.1, MedSAM2)",
             version="0.1.0",
-            labels=self.agent_labels,
+            labels=list(self.agent_labels),  # names ordered by value, as Slicer lists segments
         )
 
     def providers(self) -> dict[str, lib.tools.provider.ToolProvider]:

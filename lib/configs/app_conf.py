@@ -79,7 +79,7 @@ class AppConf:
                 raise ValueError(f"--conf labels: value of {name!r} must be a positive integer, got {v!r}")
 
     @classmethod
-    def parse(cls, conf: dict[str, str] | None) -> "AppConf":
+    def parse(cls, conf: dict[str, str] | None) -> AppConf:
         """Build from MONAI Label's string conf dict; unknown keys are ignored (MONAI Label adds its own)."""
         conf = dict(conf or {})
         known = {f.name for f in fields(cls)}

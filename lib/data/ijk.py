@@ -10,8 +10,8 @@ frames); ``tests/data/test_ijk.py`` checks it with a deliberately asymmetric, ob
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,8 @@ def request_to_slice_prompts(request: dict, size_ijk: Sequence[int]) -> SlicePro
     if roi:
         i0, i1, j0, j1 = (int(round(float(v))) for v in roi[:4])
         if i0 > i1 or j0 > j1:
-            raise ValueError(f"roi {roi} has i0 > i1 or j0 > j1; expected [i0, i1, j0, j1, ...] with i0 <= i1, j0 <= j1")
+            raise ValueError(f"roi {roi} has i0 > i1 or j0 > j1; expected [i0, i1, j0, j1, ...] "
+                             "with i0 <= i1, j0 <= j1")
         ni, nj = size_ijk[0], size_ijk[1]
         i0, i1 = max(0, i0), min(ni - 1, i1)
         j0, j1 = max(0, j0), min(nj - 1, j1)

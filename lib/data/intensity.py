@@ -38,7 +38,7 @@ class Windowing:
             raise ValueError(f"percentiles must satisfy 0 <= lower < upper <= 100, got {self.lower}, {self.upper}")
 
     @classmethod
-    def for_modality(cls, modality: str, **overrides) -> "Windowing":
+    def for_modality(cls, modality: str, **overrides) -> Windowing:
         """Default windowing for a modality name ("CT", "MR", ...)."""
         mode = "ct" if str(modality).upper() == "CT" else "percentile"
         return cls(mode=mode, **overrides)

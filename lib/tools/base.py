@@ -13,8 +13,8 @@ in ``lib.tools.interaction.Interaction``.
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 
@@ -81,7 +81,9 @@ class ToolSession(abc.ABC):
             raise ValueError(f"{len(points)} points but {len(labels)} labels; give one label per point")
         for (x, y), lab in zip(points, labels):
             if not (0 <= x <= w - 1 and 0 <= y <= h - 1):
-                raise ValueError(f"point (x={x}, y={y}) is outside the {w}x{h} slice (x in [0,{w - 1}], y in [0,{h - 1}])")
+                raise ValueError(
+                    f"point (x={x}, y={y}) is outside the {w}x{h} slice (x in [0,{w - 1}], y in [0,{h - 1}])"
+                )
             if int(lab) not in (0, 1):
                 raise ValueError(f"point label {lab} must be 1 (positive) or 0 (negative)")
         if box is not None:

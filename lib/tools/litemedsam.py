@@ -18,9 +18,9 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -136,7 +136,7 @@ class LiteMedSAMTool(Tool):
         t = F.pad(t, (0, MODEL_SIZE - w, 0, MODEL_SIZE - h))
         return t, (h, w)
 
-    def start(self, image: np.ndarray) -> "LiteMedSAMSession":
+    def start(self, image: np.ndarray) -> LiteMedSAMSession:
         t0 = time.perf_counter()
         x, resized = self.preprocess(image)
         with torch.inference_mode():
