@@ -1,0 +1,74 @@
+"""Start the real MONAI Label server with this app as a subprocess (used by tests and benchmarks)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``python -m monailabel.main start_server`` on 127.0.0.1, offline, logging to a file."""
+
+    def __init__(self, studies: Path, conf: dict[str, str] | None = None, log: Path | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        self.studies = Path(studies)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = Path(log or self.studies.parent / f"server-{self.port}.log")
+        cmd = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(ROOT), "--studies",
+               str(self.studies), "--host", "127.0.0.1", "--port", str(self.port)]
+        for k, v in (conf or {}).items():
+            cmd += ["--conf", k, str(v)]
+        full_env = dict(os.environ, MONAI_LABEL_TRACKING_ENABLED="false", MONAI_ZOO_SOURCE="local",
+                        MONAI_LABEL_AUTO_UPDATE_SCORING="false", MONAI_LABEL_DATASTORE_AUTO_RELOAD="false",
+                        HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", **(env or {}))
+        self._fh = open(self.log, "w")
+        self.proc = subprocess.Popen(cmd, cwd=str(ROOT), env=full_env, stdout=self._fh, stderr=subprocess.STDOUT)
+
+    def wait(self, timeout: float = 180.0) -> Server:
+        t0 = time.time()
+        while time.time() - t0 < timeout:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.tail()}")
+            try:
+                if requests.get(f"{self.url}/info/", timeout=5).status_code == 200:
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(1.0)
+        raise TimeoutError(f"server not up after {timeout}s:\n{self.tail()}")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def tail(self, n: int = 60) -> str:
+        self._fh.flush()
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self._fh.close()
+
+    def __enter__(self) -> Server:
+        return self.wait()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,37 @@
+import json
+
+import pytest
+
+from lib.configs.app_conf import AppConf
+from lib.configs.labels import resolve_labels
+
+
+def test_defaults_and_typed_parsing():
+    c = AppConf.parse({"backends": "litemedsam, medsam2", "threads": "2", "ct_window": "50,350", "preload": "true",
+                       "labels": '{"liver": 1}', "prompting": '{"litemedsam": "newest"}', "models": "ignored"})
+    assert c.backends == ("litemedsam", "medsam2") and c.threads == 2 and c.ct_window == (50.0, 350.0)
+    assert c.preload is True and c.labels == {"liver": 1}
+    assert c.prompting["litemedsam"] == "newest" and c.prompting["medsam2"] == "all_logits"
+    assert AppConf.parse({}).backends == ("litemedsam", "sam2", "medsam2")
+
+
+@pytest.mark.parametrize("conf,message", [
+    ({"backends": "litemedsam,foo"}, "unknown"),
+    ({"threads": "two"}, "integer"),
+    ({"ct_window": "40"}, "level,width"),
+    ({"preload": "maybe"}, "true or false"),
+    ({"labels": "{liver: 1}"}, "not valid JSON"),
+    ({"labels": '{"liver": 0}'}, "positive integer"),
+    ({"prompting": '{"litemedsam": "sometimes"}'}, "one of"),
+    ({"session_cache_mb": "0"}, "> 0"),
+])
+def test_bad_conf_values_are_explained(conf, message):
+    with pytest.raises(ValueError, match=message):
+        AppConf.parse(conf)
+
+
+def test_labels_come_from_dataset_json_when_not_configured(tmp_path):
+    (tmp_path / "dataset.json").write_text(json.dumps({"labels": {"0": "background", "2": "spleen", "1": "liver"}}))
+    assert list(resolve_labels({}, tmp_path).items()) == [("liver", 1), ("spleen", 2)]
+    assert resolve_labels({"kidney": 3}, tmp_path) == {"kidney": 3}
+    assert resolve_labels({}, tmp_path / "missing") == {"foreground": 1}
