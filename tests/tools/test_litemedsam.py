@@ -2,9 +2,7 @@
 
 import numpy as np
 import pytest
-import torch
 
-from lib.tools.base import MissingCheckpointError
 from lib.tools.litemedsam import LiteMedSAMTool, released_checkpoint
 
 
