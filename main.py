@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+from pathlib import Path
 
 from fastapi import HTTPException
 from monailabel.interfaces.app import MONAILabelApp
@@ -11,14 +13,22 @@ from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
 
 import lib  # noqa: F401  (imported at top: MONAI Label drops the app dir from sys.path after loading main.py)
+import lib.activelearning.agent_turns
+import lib.activelearning.most_turns
+import lib.agent.policies.store
 import lib.configs.app_conf
 import lib.configs.labels
+import lib.configs.policy
+import lib.infers.agent
 import lib.infers.interactive
 import lib.tools.cache
 import lib.tools.provider
 import lib.tools.registry
+import lib.trainers.agent
 
 logger = logging.getLogger(__name__)
+
+AGENT_MODELS = ("agent", "agent_handoff")
 
 
 class MedSAMAgentApp(MONAILabelApp):
@@ -27,6 +37,11 @@ class MedSAMAgentApp(MONAILabelApp):
         self.agent_labels = lib.configs.labels.resolve_labels(self.app_conf.labels, studies)
         self.session_cache = lib.tools.cache.SessionCache(self.app_conf.session_cache_mb << 20)
         self.unavailable: dict[str, str] = {}
+        self.policy_dir = Path(self.app_conf.policy_dir or os.path.join(app_dir, "model", "agent"))
+        self._providers = self._make_providers()
+        self.policy_store = lib.configs.policy.policy_store(self.app_conf, self.policy_dir)
+        if self.app_conf.demo_policy:
+            self.seed_demo_policy(Path(app_dir) / "demo" / "agent_policy")
         super().__init__(
             app_dir=app_dir,
             studies=studies,
@@ -37,21 +52,22 @@ class MedSAMAgentApp(MONAILabelApp):
             labels=list(self.agent_labels),  # names ordered by value, as Slicer lists segments
         )
 
-    def providers(self) -> dict[str, lib.tools.provider.ToolProvider]:
+    def _make_providers(self) -> dict[str, lib.tools.provider.ToolProvider]:
         c = self.app_conf
         overrides = {
             "litemedsam": {"device": c.device, "threads": c.threads},
             "sam2": {"device": c.device, "checkpoint": c.sam2_checkpoint, "model_config": c.sam2_config},
             "medsam2": {"device": c.device, "checkpoint": c.medsam2_checkpoint},
         }
+        names = dict.fromkeys([*c.backends, c.agent_backend])
         return {
             b: lib.tools.provider.ToolProvider(b, lib.tools.registry.bundle_dir(b), overrides[b], self.session_cache)
-            for b in c.backends
+            for b in names
         }
 
     def init_infers(self):
         infers = {}
-        for name, provider in self.providers().items():
+        for name, provider in self._providers.items():
             problem = provider.checkpoint_problem()
             if problem:
                 self.unavailable[name] = problem
@@ -59,11 +75,52 @@ class MedSAMAgentApp(MONAILabelApp):
                 continue
             if self.app_conf.preload:
                 provider.tool  # noqa: B018  (load now rather than on the first click)
-            infers[name] = lib.infers.interactive.InteractiveInfer(provider, self.agent_labels, self.app_conf.ct_window)
+            if name in self.app_conf.backends:
+                infers[name] = lib.infers.interactive.InteractiveInfer(
+                    provider, self.agent_labels, self.app_conf.ct_window)
+        agent_backend = self._providers[self.app_conf.agent_backend]
+        if self.app_conf.agent_backend in self.unavailable:
+            for m in AGENT_MODELS:
+                self.unavailable[m] = self.unavailable[self.app_conf.agent_backend]
+            return infers
+        for m in AGENT_MODELS:
+            infers[m] = lib.infers.agent.AgentInfer(
+                agent_backend, self.policy_store, self.agent_labels, handoff=(m == "agent_handoff"),
+                prompting=self.app_conf.prompting[self.app_conf.agent_backend],
+                max_turns=self.app_conf.max_turns, ct_window=self.app_conf.ct_window)
         return infers
 
+    def init_trainers(self):
+        provider = self._providers[self.app_conf.agent_backend]
+        if self.app_conf.policy != "compact":
+            return {}  # the VLM is trained with TRL scripts on GPUs (docs/vlm.md), not inside the server
+        return {
+            "agent_sft": lib.trainers.agent.AgentSFTTask(
+                provider, self.agent_labels, self.policy_dir,
+                "Agent SFT: imitate expert box/click trajectories simulated from the final labels"),
+            "agent_rl": lib.trainers.agent.AgentRLTask(
+                provider, self.agent_labels, self.policy_dir,
+                "Agent RL (GRPO): refine the SFT policy with the verifiable process reward"),
+        }
+
     def init_strategies(self):
-        return {"random": Random(), "first": First()}
+        return {"most_turns": lib.activelearning.most_turns.MostTurns(), "random": Random(), "first": First()}
+
+    def init_scoring_methods(self):
+        agent = self._infers.get("agent")
+        return {"agent_turns": lib.activelearning.agent_turns.AgentTurnsScoring(agent, self.agent_labels)} if agent \
+            else {}
+
+    def info(self):
+        meta = super().info()
+        meta["agent"] = {
+            "policy": self.app_conf.policy,
+            "policy_dir": str(self.policy_dir),
+            "trained": self.policy_store.exists(),
+            "backend": self.app_conf.agent_backend,
+            "unavailable": self.unavailable,
+        }
+        return meta
 
     def infer(self, request, datastore=None):
         model = request.get("model")
@@ -78,4 +135,13 @@ class MedSAMAgentApp(MONAILabelApp):
         if isinstance(image, str) and not os.path.exists(image) and image not in ds.list_images():
             raise HTTPException(status_code=404, detail=f"image {image!r} is not in the datastore; "
                                 "list images with GET /datastore/?output=all or upload it first")
-        return super().infer(request, datastore)
+        res = super().infer(request, datastore)
+        if model in AGENT_MODELS and isinstance(image, str) and image in ds.list_images():
+            # what the most_turns strategy ranks on, refreshed by every agent run a user makes
+            ds.update_image_info(image, lib.activelearning.agent_turns.agent_info([res["params"]]))
+        return res
+
+    def seed_demo_policy(self, demo: Path) -> None:
+        """First start: serve the demo policy shipped with the sample studies until a trained one exists."""
+        if not self.policy_store.exists() and (demo / "policy.json").is_file():
+            shutil.copytree(demo, self.policy_dir, dirs_exist_ok=True)

@@ -47,6 +47,13 @@ class AppConf:
         prompting: per-backend prompting mode (newest | all | all_logits).
         labels: label name -> value (JSON); empty = read the studies' dataset.json.
         preload: load the tools at start-up instead of on first use.
+        policy: the agent's policy: "compact" (CPU-trainable network) or "vlm" (Qwen-VL from ``vlm_path``).
+        agent_backend: the segmenter the agent drives.
+        max_turns: default turn budget of an agent episode (executed actions).
+        policy_dir: where the served compact policy is published (default ``<app>/model/agent``).
+        vlm_path: local folder of a Qwen3-VL / Qwen2.5-VL checkpoint for ``policy vlm``.
+        demo_policy: until a policy is trained, serve the demo policy shipped for the sample studies
+            (``demo/agent_policy``); ``serve.sh`` turns it on only when it serves the sample studies.
     """
 
     backends: tuple[str, ...] = BACKENDS
@@ -60,6 +67,12 @@ class AppConf:
     prompting: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_PROMPTING))
     labels: dict[str, int] = field(default_factory=dict)
     preload: bool = False
+    policy: str = "compact"
+    agent_backend: str = "litemedsam"
+    max_turns: int = 5
+    policy_dir: str = ""
+    vlm_path: str = ""
+    demo_policy: bool = False
 
     def __post_init__(self) -> None:
         unknown = [b for b in self.backends if b not in BACKENDS]
@@ -72,6 +85,14 @@ class AppConf:
                 raise ValueError(
                     f"--conf prompting: {b}={mode!r}; use one of {[p.value for p in Prompting]}"
                 ) from None
+        if self.policy not in ("compact", "vlm"):
+            raise ValueError(f"--conf policy {self.policy!r}: use compact or vlm")
+        if self.agent_backend not in BACKENDS:
+            raise ValueError(f"--conf agent_backend {self.agent_backend!r}: choose from {', '.join(BACKENDS)}")
+        if not 1 <= self.max_turns <= 20:
+            raise ValueError(f"--conf max_turns must be between 1 and 20, got {self.max_turns}")
+        if self.policy == "vlm" and not self.vlm_path:
+            raise ValueError("--conf policy vlm needs --conf vlm_path /path/to/Qwen3-VL-checkpoint")
         if self.session_cache_mb <= 0:
             raise ValueError(f"--conf session_cache_mb must be > 0, got {self.session_cache_mb}")
         for name, v in self.labels.items():
@@ -90,7 +111,7 @@ class AppConf:
             v = str(raw)
             if key == "backends":
                 kw[key] = tuple(b.strip() for b in v.split(",") if b.strip())
-            elif key in ("threads", "session_cache_mb"):
+            elif key in ("threads", "session_cache_mb", "max_turns"):
                 try:
                     kw[key] = int(v)
                 except ValueError:
@@ -101,7 +122,7 @@ class AppConf:
                 except ValueError:
                     raise ValueError(f"--conf ct_window {v!r}: expected 'level,width' in HU, e.g. 40,400") from None
                 kw[key] = (level, width)
-            elif key == "preload":
+            elif key in ("preload", "demo_policy"):
                 kw[key] = _bool(key, v)
             elif key in ("prompting", "labels"):
                 try:
