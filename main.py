@@ -20,6 +20,7 @@ import lib.configs.app_conf
 import lib.configs.labels
 import lib.configs.policy
 import lib.infers.agent
+import lib.infers.errors
 import lib.infers.interactive
 import lib.tools.cache
 import lib.tools.provider
@@ -40,6 +41,7 @@ class MedSAMAgentApp(MONAILabelApp):
         self.policy_dir = Path(self.app_conf.policy_dir or os.path.join(app_dir, "model", "agent"))
         self._providers = self._make_providers()
         self.policy_store = lib.configs.policy.policy_store(self.app_conf, self.policy_dir)
+        lib.infers.errors.install_bad_json_handler()
         if self.app_conf.demo_policy:
             self.seed_demo_policy(Path(app_dir) / "demo" / "agent_policy")
         super().__init__(

@@ -136,6 +136,7 @@ def test_bad_input_gets_a_4xx_and_the_server_keeps_serving(server, tmp_path):
     # malformed params JSON
     r = requests.post(f"{server.url}/infer/litemedsam", params={"image": image_id, "output": "json"},
                       data={"params": "{not json"}, timeout=60)
+    assert r.status_code == 422 and "not valid JSON" in r.text, r.text
     assert server.alive()
 
     # the next valid request still succeeds, and no label in the datastore changed
