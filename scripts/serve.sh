@@ -18,6 +18,8 @@ source "$ROOT/scripts/setup_env.sh"
 if [ -z "$STUDIES" ]; then
   python "$ROOT/scripts/make_sample_studies.py" --out "$ROOT/sample-data"
   STUDIES="$ROOT/sample-data/studies"
+  # the sample studies come with a demo agent policy trained on them (scripts/train_demo_policy.py)
+  EXTRA=(--conf demo_policy true "${EXTRA[@]}")
 fi
 # Offline: no zoo listing, no SAM2 weight download, no tracking.
 export MONAI_ZOO_SOURCE=local
