@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from lib.tools.base import Tool
+from lib.tools.base import MissingCheckpointError, Tool
 
 
 def read_metadata(bundle: Path | str) -> dict[str, Any]:
@@ -36,4 +36,11 @@ def load_tool(bundle: Path | str, **overrides: Any) -> Tool:
     for key, value in overrides.items():
         if value is not None:
             parser[key] = value
-    return parser.get_parsed_content("tool", instantiate=True)
+    try:
+        return parser.get_parsed_content("tool", instantiate=True)
+    except RuntimeError as e:
+        # monai.bundle wraps constructor errors; surface the tool's own (it says what to fix)
+        cause = e.__cause__
+        if isinstance(cause, (MissingCheckpointError, ValueError, FileNotFoundError)):
+            raise cause from None
+        raise
