@@ -94,15 +94,17 @@ class MedSAMAgentApp(MONAILabelApp):
 
     def init_trainers(self):
         provider = self._providers[self.app_conf.agent_backend]
+        served = {"prompting": self.app_conf.prompting[self.app_conf.agent_backend],
+                  "max_turns": self.app_conf.max_turns}
         if self.app_conf.policy != "compact":
             return {}  # the VLM is trained with TRL scripts on GPUs (docs/vlm.md), not inside the server
         return {
             "agent_sft": lib.trainers.agent.AgentSFTTask(
                 provider, self.agent_labels, self.policy_dir,
-                "Agent SFT: imitate expert box/click trajectories simulated from the final labels"),
+                "Agent SFT: imitate expert box/click trajectories simulated from the final labels", **served),
             "agent_rl": lib.trainers.agent.AgentRLTask(
                 provider, self.agent_labels, self.policy_dir,
-                "Agent RL (GRPO): refine the SFT policy with the verifiable process reward"),
+                "Agent RL (GRPO): refine the SFT policy with the verifiable process reward", **served),
         }
 
     def init_strategies(self):

@@ -63,9 +63,11 @@ class AgentTrainTask(TrainTask):
     name = "agent"
 
     def __init__(self, provider: ToolProvider, labels: dict[str, int], policy_dir: Path | str,
-                 description: str) -> None:
+                 description: str, prompting: str = "all", max_turns: int = 5) -> None:
         super().__init__(description)
         self.provider = provider
+        # trained with the prompting and budget it will be served with, so train and infer cannot drift
+        self.prompting, self.max_turns = prompting, max_turns
         self.labels = labels
         self.policy_dir = Path(policy_dir)
         self.stats_path = self.policy_dir.parent / f"{self.name}_stats.json"
@@ -137,12 +139,17 @@ class AgentSFTTask(AgentTrainTask):
         return {**super().config(), "steps": _default_steps("lib.learning.sft", "SFTConfig")}
 
     def train(self, req, dataset, out, progress):
-        from lib.learning.agent_data import expert_trajectories
+        from lib.learning.agent_data import TrajectoryConfig, expert_trajectories
         from lib.learning.sft import SFTConfig, train_sft
 
         samples = self.samples(req, dataset)
-        trajectories = expert_trajectories(samples, self.provider.tool, self.labels, seed=int(req["seed"]))
-        config = SFTConfig(seed=int(req["seed"]), **({"steps": int(req["steps"])} if req.get("steps") else {}))
+        data = TrajectoryConfig(prompting=self.prompting, max_turns=self.max_turns, seed=int(req["seed"]))
+        config = SFTConfig(data=data, seed=int(req["seed"]),
+                           **({"steps": int(req["steps"])} if req.get("steps") else {}))
+        trajectories = expert_trajectories(samples, self.provider.tool, self.labels, config=data, progress=progress)
+        if not trajectories:
+            raise HTTPException(status_code=422, detail="the labelled images gave no usable expert trajectories "
+                                "(targets too small or labels not in the app's label set)")
         stats = train_sft(config, trajectories, out, self.labels, progress=progress)
         return {"n_slices": len(samples), "n_trajectories": len(trajectories), **stats}
 
@@ -161,6 +168,7 @@ class AgentRLTask(AgentTrainTask):
         if not (self.policy_dir / "policy.json").is_file():
             raise HTTPException(status_code=422, detail="agent_rl starts from the SFT policy: run agent_sft first")
         samples = self.samples(req, dataset)
-        config = RLConfig(seed=int(req["seed"]), **({"steps": int(req["steps"])} if req.get("steps") else {}))
+        config = RLConfig(seed=int(req["seed"]), prompting=self.prompting, max_turns=self.max_turns,
+                          **({"steps": int(req["steps"])} if req.get("steps") else {}))
         stats = train_grpo(config, samples, self.provider.tool, self.policy_dir, out, progress=progress)
         return {"n_slices": len(samples), **stats}
