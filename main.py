@@ -121,6 +121,7 @@ class MedSAMAgentApp(MONAILabelApp):
             "policy": self.app_conf.policy,
             "policy_dir": str(self.policy_dir),
             "trained": self.policy_store.exists(),
+            **({"vlm_path": self.app_conf.vlm_path} if self.app_conf.policy == "vlm" else {}),
             "backend": self.app_conf.agent_backend,
             "unavailable": self.unavailable,
         }

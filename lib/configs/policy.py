@@ -17,10 +17,13 @@ def _load_compact(ckpt_dir: Path):
 def policy_store(conf: AppConf, policy_dir: Path) -> PolicyStore:
     """compact: the checkpoint published by agent_sft / agent_rl in ``policy_dir``; vlm: ``conf.vlm_path``."""
     if conf.policy == "vlm":
-        def load_vlm(path: Path):
-            from lib.agent.policies.vlm import VLMPolicy
+        from lib.agent.policies.vlm import VLMConfig, VLMPolicy, check_checkpoint_dir
 
-            return VLMPolicy.from_pretrained(path)
+        check_checkpoint_dir(conf.vlm_path)  # a wrong path fails at start-up, naming --conf vlm_path
+
+        def load_vlm(path: Path):
+            # the ~17 GB load happens on the first agent request, not at start-up
+            return VLMPolicy.from_pretrained(path, VLMConfig(device=conf.device if conf.device != "cpu" else "auto"))
 
         return PolicyStore(Path(conf.vlm_path), load_vlm, marker="config.json")
     return PolicyStore(policy_dir, _load_compact)
