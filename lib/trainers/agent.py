@@ -123,8 +123,17 @@ class AgentTrainTask(TrainTask):
         self._write_stats(stats)
         return stats
 
+    def targets(self, req: dict[str, Any]) -> dict[str, int]:
+        """The labels to train on: request ``labels`` (names) or every label of the app."""
+        names = req.get("labels") or list(self.labels)
+        unknown = [n for n in names if n not in self.labels]
+        if unknown:
+            raise HTTPException(status_code=422, detail=f"unknown labels {unknown}; valid: {sorted(self.labels)}")
+        return {n: self.labels[n] for n in names}
+
     def samples(self, req: dict[str, Any], dataset: Dataset) -> list:
-        return list(iter_slices(dataset, "training", max_per_case=int(req["max_slices_per_case"])))
+        values = list(self.targets(req).values())
+        return list(iter_slices(dataset, "training", labels=values, max_per_case=int(req["max_slices_per_case"])))
 
     def train(self, req: dict[str, Any], dataset: Dataset, out: Path, progress) -> dict[str, Any]:
         raise NotImplementedError
@@ -146,11 +155,12 @@ class AgentSFTTask(AgentTrainTask):
         data = TrajectoryConfig(prompting=self.prompting, max_turns=self.max_turns, seed=int(req["seed"]))
         config = SFTConfig(data=data, seed=int(req["seed"]),
                            **({"steps": int(req["steps"])} if req.get("steps") else {}))
-        trajectories = expert_trajectories(samples, self.provider.tool, self.labels, config=data, progress=progress)
+        trajectories = expert_trajectories(samples, self.provider.tool, self.targets(req), config=data,
+                                           progress=progress)
         if not trajectories:
             raise HTTPException(status_code=422, detail="the labelled images gave no usable expert trajectories "
                                 "(targets too small or labels not in the app's label set)")
-        stats = train_sft(config, trajectories, out, self.labels, progress=progress)
+        stats = train_sft(config, trajectories, out, self.labels, progress=progress, images=samples)
         return {"n_slices": len(samples), "n_trajectories": len(trajectories), **stats}
 
 

@@ -118,8 +118,14 @@ class ToolInteractiveTrain(TrainTask):
         parser = self._parser(request)
         try:
             cfg = parser.get_parsed_content("train_config")
-        except ValueError as e:  # the config dataclass names the bad value and how to fix it
-            raise HTTPException(status_code=422, detail=f"{self.name}: {e}") from e
+        except (ValueError, RuntimeError) as e:
+            # monai.bundle wraps the dataclass's ValueError (which names the bad value and how to fix it)
+            cause: BaseException | None = e
+            while cause is not None and not isinstance(cause, ValueError):
+                cause = cause.__cause__
+            if cause is None:
+                raise
+            raise HTTPException(status_code=422, detail=f"{self.name}: {cause}") from e
         dataset = Dataset(root=cases[0].image_path.parent, labels={v: k for k, v in self.labels.items()},
                           training=cases)
         t0 = time.time()

@@ -19,7 +19,7 @@ from serverproc import Server
 pytestmark = pytest.mark.server
 
 #: a short SFT run: enough for the liver on the sample phantoms, small enough for CI on 2 cores
-SFT = {"steps": 300, "max_slices_per_case": 4, "seed": 0}
+SFT = {"steps": 300, "max_slices_per_case": 8, "seed": 0, "labels": ["liver"]}
 
 
 def ijk(path) -> np.ndarray:

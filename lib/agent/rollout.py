@@ -1,0 +1,177 @@
+"""Run episodes: ``rollout(env, policy, options) -> Trajectory``, the same function for inference, trajectory
+generation, RL and evaluation; plus the glue from dataset slices to episode options and from backend
+names to tools, shared by ``scripts/generate_trajectories.py`` and ``scripts/evaluate.py``.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lib.agent.env import SegmentationEnv
+from lib.agent.policies.base import Policy
+from lib.agent.trajectories import Trajectory, rle_encode
+from lib.data.dataset import SliceSample
+from lib.data.intensity import Windowing
+from lib.tools.base import Tool
+
+#: backends the scripts accept; "fake" is the FakeTool test double, for tests only (never a real model)
+SCRIPT_BACKENDS = ("litemedsam", "sam2", "medsam2", "fake")
+
+
+def rollout(
+    env: SegmentationEnv,
+    policy: Policy,
+    options: Mapping[str, Any] | None = None,
+    seed: int | None = None,
+) -> Trajectory:
+    """Play one episode of ``policy`` in ``env`` and return it as a ``Trajectory``.
+
+    Args:
+        env: the environment; reset here with ``seed`` and ``options`` (see ``SegmentationEnv.reset``).
+        policy: reset with the same ``seed``, then asked for actions until the episode ends.
+        options: reset options; ``options["meta"]`` may carry ``case_id``, ``slice_index``, ``axis`` and
+            ``source`` (copied into the trajectory).
+        seed: episode seed (env and policy); None = fresh entropy.
+
+    Timings: ``policy_ms`` is the time inside ``policy.act`` minus the decoder time the policy spent
+    looking ahead (which is counted under ``decoder_ms``), so encoder + decoder + policy + other = total.
+    """
+    t_start = time.perf_counter()
+    obs, info = env.reset(seed=seed, options=options)
+    policy.reset(obs, info, seed=seed)
+    policy_ms = 0.0
+    terminated = truncated = False
+    while not (terminated or truncated):
+        t0, dec0 = time.perf_counter(), env.decoder_ms
+        action = policy.act(obs, info)
+        policy_ms += (time.perf_counter() - t0) * 1e3 - (env.decoder_ms - dec0)
+        obs, _, terminated, truncated, info = env.step(action)
+    total_ms = (time.perf_counter() - t_start) * 1e3
+    reward = info.get("episode_reward")
+    terms = {k[len("episode/") :]: float(v) for k, v in info["reward_terms"].items() if k.startswith("episode/")}
+    meta = info.get("meta", {})
+    masks = info["masks"]
+    shape = tuple(int(s) for s in env.shape)
+    final = masks[-1] if masks else np.zeros(shape, dtype=bool)
+    if truncated:
+        stop_reason = "budget"
+    else:
+        stop_reason = policy.stop_reason or "stop"
+    enc, dec = float(info["encoder_ms"]), float(info["decoder_ms"])
+    slice_index = meta.get("slice_index")
+    return Trajectory(
+        case_id=str(meta.get("case_id", "")),
+        slice_index=None if slice_index is None else int(slice_index),
+        label=info.get("target", ""),
+        backend=str(getattr(env.tool, "name", type(env.tool).__name__)),
+        prompting=env.config.prompting.value,
+        policy=policy.name,
+        shape=list(shape),
+        actions=info["actions"],
+        ious=[float(v) for v in info.get("ious", [])],
+        dices=[float(v) for v in info.get("dices", [])],
+        scores=[float(v) for v in info["scores"]],
+        masks=[rle_encode(m) for m in masks],
+        final_mask=rle_encode(final),
+        stop_reason=stop_reason,
+        n_invalid=int(info["n_invalid"]),
+        axis=int(meta.get("axis", 0)),
+        reward=None if reward is None else float(reward),
+        reward_terms=terms,
+        timings={
+            "encoder_ms": enc,
+            "decoder_ms": dec,
+            "policy_ms": max(policy_ms, 0.0),
+            "other_ms": max(total_ms - enc - dec - max(policy_ms, 0.0), 0.0),
+            "total_ms": total_ms,
+            "decoder_calls": int(info["decoder_calls"]),
+        },
+        policy_meta=policy.episode_meta(),
+        seed=seed,
+        source=dict(meta.get("source", {})),
+    )
+
+
+def window_slice(sample: SliceSample, windowing: Windowing | None = None) -> np.ndarray:
+    """The slice as a tool takes it: (H, W) float32 in [0, 1], or (H, W, 3) uint8 for a colour image.
+
+    Default windowing: ``Windowing.for_modality`` (CT: level 40 / width 400 HU; else robust percentiles).
+    """
+    img = np.asarray(sample.image)
+    if img.ndim == 3:
+        return img.astype(np.uint8, copy=False)
+    return (windowing or Windowing.for_modality(sample.modality))(img)
+
+
+def sample_options(sample: SliceSample, image: np.ndarray | None = None, session: Any = None,
+                   source: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Reset options of ``SegmentationEnv`` for a dataset slice (windowed image, gt, target, meta)."""
+    return {
+        "image": window_slice(sample) if image is None else image,
+        "gt": sample.gt,
+        "target": sample.label_name,
+        "session": session,
+        "meta": {
+            "case_id": sample.case_id,
+            "slice_index": sample.slice_index,
+            "axis": sample.axis,
+            "source": dict(source or {}),
+        },
+    }
+
+
+def episode_seed(seed: int, *key: Any) -> int:
+    """A 32-bit seed from a base seed and an episode key, e.g. ``(case_id, slice_index, label)``.
+
+    Independent of process, order and ``PYTHONHASHSEED`` (CRC32 of the key's text), so a resumed or
+    parallel run draws exactly the boxes and strategies a single sequential run would.
+    """
+    text = "|".join(str(k) for k in key).encode()
+    return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, zlib.crc32(text)]).generate_state(1)[0])
+
+
+def load_backend(name: str, tool_weights: str | Path | None = None, threads: int | None = None,
+                 device: str = "cpu") -> Tool:
+    """Build a tool by backend name for the scripts.
+
+    Args:
+        name: one of ``SCRIPT_BACKENDS``; "fake" is the test double (tests only).
+        tool_weights: adapted segmenter weights: a folder holding ``adapted.pt`` or the file itself
+            (LiteMedSAM); for sam2/medsam2 the checkpoint file. None = the bundle's default weights.
+        threads: torch intra-op threads (1 per worker process when parallelising over processes).
+        device: "cpu" or "cuda[:n]".
+    """
+    if name not in SCRIPT_BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(SCRIPT_BACKENDS)}")
+    if name == "fake":
+        from lib.tools.fake import FakeTool
+
+        return FakeTool()
+    from lib.tools.bundle import load_tool
+    from lib.tools.registry import bundle_dir
+
+    overrides: dict[str, Any] = {"device": device}
+    if threads and name == "litemedsam":
+        overrides["threads"] = int(threads)
+    elif threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+    if tool_weights:
+        path = Path(tool_weights)
+        if name == "litemedsam":
+            path = path / "adapted.pt" if path.is_dir() else path
+            if not path.is_file():
+                raise FileNotFoundError(f"--tool-weights: no adapted LiteMedSAM weights at {path}")
+            overrides["adapted"] = str(path)
+        else:
+            if not path.is_file():
+                raise FileNotFoundError(f"--tool-weights: no {name} checkpoint at {path}")
+            overrides["checkpoint"] = str(path)
+    return load_tool(bundle_dir(name), **overrides)

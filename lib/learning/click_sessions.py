@@ -1,0 +1,237 @@
+"""Simulated interactive sessions on cached embeddings: the training signal and the validation protocol.
+
+A session is what an annotator does in Slicer: a first prompt (a jittered ground-truth box, or a
+positive click at the interior of the target), then corrective clicks from ``lib.agent.clicks`` (largest
+error component, distance-transform maximum; positive on a miss, negative on a leak), each decoded
+with the prompts the chosen ``Prompting`` mode sends. The sessions of a batch advance in lock-step, one
+turn at a time, so every decoder call holds prompts of one kind and one count (no padding tokens that
+inference would never see).
+
+Frames and units: ground truth and clicks in original-slice pixels, ``gt[y, x]``, clicks ``(x, y)``; the
+loss is computed on the low-res logits (L×L, L = ``backend.low_res``) against the ground truth resized
+into that frame, over the slice's extent only (the zero padding is ignored). Dice/IoU per turn are
+measured at the original resolution after the same upsampling inference does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lib.agent.actions import Box, Point
+from lib.agent.clicks import error_candidates
+from lib.agent.metrics import dice, iou
+from lib.learning.tool_backends import TrainableBackend
+from lib.tools.interaction import Prompting
+
+
+@dataclass(frozen=True)
+class ClickTarget:
+    """One (slice, label) item.
+
+    Attributes:
+        index: row of the slice's embedding in the embeddings tensor.
+        gt: (H, W) bool ground truth, original pixels.
+        target: (L, L) float32 {0, 1} ground truth in the low-res model frame (``backend.target``).
+        resized: (h, w) extent of the slice inside the L×L frame (the rest is padding).
+        case_id / label: provenance, for per-label reports and case-level splits.
+    """
+
+    index: int
+    gt: np.ndarray
+    target: torch.Tensor
+    resized: tuple[int, int]
+    case_id: str = ""
+    label: str = ""
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(H, W) of the original slice, pixels."""
+        return tuple(self.gt.shape)
+
+
+@dataclass(frozen=True)
+class SessionPlan:
+    """How each session of a batch runs.
+
+    Attributes:
+        boxes: per session the first box (x0, y0, x1, y1 inclusive pixels), or None for a click-first
+            session (positive click at the interior-most target pixel, then corrections).
+        budgets: per session the number of corrective clicks after the first prompt (0 = first prompt only).
+        prompting: which prompts reach the model each turn (shared by the batch).
+        alt_click_prob: chance of taking a random one of the 3 best corrective clicks instead of the best
+            (training only: varies click positions so the head does not learn one click per error shape).
+        stop_iou: end a session early once its IoU reaches this (NoC measurement), or None.
+    """
+
+    boxes: Sequence[Box | None]
+    budgets: Sequence[int]
+    prompting: Prompting = Prompting.ALL
+    alt_click_prob: float = 0.0
+    stop_iou: float | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.boxes) != len(self.budgets):
+            raise ValueError(f"{len(self.boxes)} boxes but {len(self.budgets)} budgets; give one per session")
+        if any(b < 0 for b in self.budgets):
+            raise ValueError(f"click budgets must be >= 0, got {list(self.budgets)}")
+
+
+@dataclass
+class SessionTrace:
+    """Outcome of a batch of sessions.
+
+    Attributes:
+        loss: scalar training loss (None when run without gradients).
+        dice / iou: per session, the value after each executed turn (turn 0 = first prompt).
+        clicks: per session the clicks placed (the click-first session's first click included).
+    """
+
+    loss: torch.Tensor | None = None
+    dice: list[list[float]] = field(default_factory=list)
+    iou: list[list[float]] = field(default_factory=list)
+    clicks: list[list[Point]] = field(default_factory=list)
+
+
+def segmentation_loss(
+    logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, bce_weight: float = 1.0, dice_weight: float = 1.0
+) -> torch.Tensor:
+    """Per-item BCE + soft Dice over the valid region.
+
+    Args:
+        logits: (B, L, L) raw logits.
+        target: (B, L, L) float {0, 1}.
+        valid: (B, L, L) float {0, 1}; 1 on the slice's extent in the model frame, 0 on padding.
+
+    Returns:
+        (B,) losses.
+    """
+    n = valid.sum(dim=(1, 2)).clamp(min=1.0)
+    bce = (F.binary_cross_entropy_with_logits(logits, target, reduction="none") * valid).sum(dim=(1, 2)) / n
+    prob = torch.sigmoid(logits) * valid
+    inter = (prob * target).sum(dim=(1, 2))
+    soft_dice = 1.0 - (2.0 * inter + 1.0) / (prob.sum(dim=(1, 2)) + target.sum(dim=(1, 2)) + 1.0)
+    return bce_weight * bce + dice_weight * soft_dice
+
+
+def _valid(items: Sequence[ClickTarget], size: int) -> torch.Tensor:
+    v = torch.zeros(len(items), size, size)
+    for j, it in enumerate(items):
+        v[j, : it.resized[0], : it.resized[1]] = 1.0
+    return v
+
+
+def _next_click(pred: np.ndarray, gt: np.ndarray, clicks: list[Point], alt_prob: float, rng) -> Point | None:
+    k = 3 if alt_prob > 0 else 1
+    cands = error_candidates(pred, gt, k=k, not_clicked=clicks)
+    if not cands:
+        return None
+    if len(cands) > 1 and rng is not None and rng.random() < alt_prob:
+        return cands[int(rng.integers(len(cands)))]
+    return cands[0]
+
+
+def run_sessions(
+    backend: TrainableBackend,
+    embeddings: torch.Tensor,
+    items: Sequence[ClickTarget],
+    plan: SessionPlan,
+    *,
+    grad: bool = False,
+    intermediate_weight: float = 0.0,
+    bce_weight: float = 1.0,
+    dice_weight: float = 1.0,
+    rng: np.random.Generator | None = None,
+) -> SessionTrace:
+    """Run a batch of sessions turn by turn; with ``grad`` return the loss to back-propagate.
+
+    The loss is the mean over sessions of BCE + Dice at each session's last turn, plus
+    ``intermediate_weight`` × the same at its earlier turns. Turns without a loss term run without
+    gradients; the logits fed back as ``mask_logits`` are always detached (as at inference, where the
+    previous answer is data, not a differentiable input).
+
+    Args:
+        backend: the model (its trainable head decodes; its encoder is not called).
+        embeddings: (N, C, h, w) cached embeddings; ``items[i].index`` selects a row.
+        items: the sessions' targets.
+        plan: first prompts, click budgets and prompting mode.
+        grad: build the graph and return ``loss``.
+        intermediate_weight: weight of the loss at turns before the last (0 = final mask only).
+        rng: randomness for ``plan.alt_click_prob``.
+    """
+    n = len(items)
+    if len(plan.boxes) != n:
+        raise ValueError(f"plan has {len(plan.boxes)} sessions for {n} items")
+    mode = Prompting(plan.prompting)
+    size = backend.low_res
+    clicks: list[list[Point]] = [[] for _ in range(n)]
+    prev: list[torch.Tensor | None] = [None] * n
+    trace = SessionTrace(dice=[[] for _ in range(n)], iou=[[] for _ in range(n)], clicks=clicks)
+    active = [True] * n
+    for i, it in enumerate(items):
+        if plan.boxes[i] is None:  # click-first: the first click is the best click on an empty mask
+            first = _next_click(np.zeros(it.shape, dtype=bool), it.gt, [], 0.0, None)
+            if first is None:
+                active[i] = False  # empty ground truth: nothing to segment
+            else:
+                clicks[i].append(first)
+    terms: list[torch.Tensor] = []
+    turn = 0
+    while any(active):
+        for has_box in (True, False):
+            group = [i for i in range(n) if active[i] and (plan.boxes[i] is not None) == has_box]
+            last = [i for i in group if turn == plan.budgets[i]]
+            middle = [i for i in group if turn != plan.budgets[i]]
+            for sub, weight in ((last, 1.0), (middle, intermediate_weight)):
+                if not sub:
+                    continue
+                with_grad = grad and weight > 0
+                with torch.set_grad_enabled(with_grad):
+                    low = _decode(backend, embeddings, items, plan, mode, sub, clicks, prev, turn, has_box)
+                    if with_grad:
+                        sel = [items[i] for i in sub]
+                        target = torch.stack([it.target for it in sel]).to(low.device)
+                        per_item = segmentation_loss(
+                            low[:, 0], target, _valid(sel, size).to(low.device), bce_weight, dice_weight
+                        )
+                        terms.append(weight * per_item.sum())
+                for j, i in enumerate(sub):
+                    prev[i] = low[j : j + 1].detach()
+                    pred = backend.to_original(low[j, 0].detach(), items[i].resized, items[i].shape)
+                    trace.dice[i].append(dice(pred, items[i].gt))
+                    trace.iou[i].append(iou(pred, items[i].gt))
+                    if turn >= plan.budgets[i] or (plan.stop_iou is not None and trace.iou[i][-1] >= plan.stop_iou):
+                        active[i] = False
+                        continue
+                    click = _next_click(pred, items[i].gt, clicks[i], plan.alt_click_prob, rng)
+                    if click is None:
+                        active[i] = False  # the mask is already the ground truth
+                    else:
+                        clicks[i].append(click)
+        turn += 1
+    if grad:
+        trace.loss = torch.stack(terms).sum() / max(n, 1) if terms else None
+    return trace
+
+
+def _decode(backend, embeddings, items, plan, mode, sub, clicks, prev, turn, has_box) -> torch.Tensor:
+    """Decode one uniform group (same first prompt kind, same turn) with the mode's prompts."""
+    shapes = [items[i].shape for i in sub]
+    emb = embeddings[[items[i].index for i in sub]]
+    boxes = points = labels = logits = None
+    newest = mode is Prompting.NEWEST
+    if has_box and not (newest and turn > 0):
+        boxes = np.array([plan.boxes[i].as_tuple() for i in sub], dtype=np.float32)
+    sent = [clicks[i][-1:] if newest else clicks[i] for i in sub]
+    if newest and has_box and turn == 0:
+        sent = [[] for _ in sub]
+    if sent and len(sent[0]):
+        points = np.array([[(p.x, p.y) for p in s] for s in sent], dtype=np.float32)
+        labels = np.array([[1 if p.positive else 0 for p in s] for s in sent], dtype=np.int64)
+    if mode is not Prompting.ALL and turn > 0:
+        logits = torch.cat([prev[i] for i in sub])
+    return backend.decode(emb, shapes, boxes, points, labels, logits)

@@ -1,0 +1,93 @@
+"""Before/after evaluation of a segmenter's clicks through the real inference path.
+
+For every (slice, label) item and prompting mode, an ``Interaction`` over a ``ToolSession`` (exactly
+what the interactive infer task and the agent use) receives a jittered ground-truth box, then expert
+corrective clicks (``lib.agent.clicks.corrective_click``, never the same pixel twice). Reported per
+item: Dice after the box and after each click (``dice_0`` .. ``dice_K``), and NoC@85 with the standard
+click-only protocol (``lib.agent.metrics.noc``, max ``noc_max`` clicks). The box of an item is the same
+for every mode and every set of weights (seeded by item index), so rows are paired.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from lib.agent.clicks import corrective_click, jittered_box, not_clicked_map
+from lib.agent.metrics import dice, noc
+from lib.learning.embedding_cache import CachedEmbedding
+from lib.learning.tool_backends import TrainableBackend
+from lib.learning.tool_data import SliceSet
+from lib.tools.base import Tool
+from lib.tools.interaction import Interaction, Prompting
+
+
+def box_session_dice(session, gt: np.ndarray, box, clicks: int, prompting: Prompting) -> list[float]:
+    """Dice after ``box`` and after each of ``clicks`` corrective clicks (a perfect mask keeps its value)."""
+    inter = Interaction(session, prompting=prompting)
+    inter.add_box(box.as_tuple())
+    out, placed = [dice(inter.mask, gt)], []
+    for _ in range(clicks):
+        click = corrective_click(inter.mask, gt, not_clicked=not_clicked_map(gt.shape, placed))
+        if click is None:
+            out.append(out[-1])
+            continue
+        placed.append(click)
+        inter.add_point(click.x, click.y, click.positive)
+        out.append(dice(inter.mask, gt))
+    return out
+
+
+def evaluate_weights(
+    backend: TrainableBackend,
+    tool: Tool,
+    data: SliceSet,
+    modes: Sequence[Prompting | str] = tuple(Prompting),
+    clicks: int = 4,
+    noc_max: int = 20,
+    seed: int = 0,
+    box_jitter: float = 0.1,
+    desc: str = "evaluate",
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """One row per (item, mode): ``{"case", "label", "mode", "dice_0".."dice_K", "noc@85", "reached@85"}``."""
+    rows = []
+    for n, it in enumerate(tqdm(data.items, desc=desc, unit="item", disable=not progress, mininterval=5.0)):
+        entry = CachedEmbedding(data.embeddings[it.index], it.resized, it.shape)
+        session = backend.session(entry, tool=tool)
+        box = jittered_box(it.gt, np.random.default_rng([seed, n]), box_jitter)
+        for mode in modes:
+            mode = Prompting(mode)
+            curve = box_session_dice(session, it.gt, box, clicks, mode)
+            clicks_only = noc(session, it.gt, thresholds=(0.85,), max_clicks=noc_max, prompting=mode)
+            rows.append({"case": it.case_id, "label": it.label, "mode": mode.value,
+                         **{f"dice_{c}": round(v, 4) for c, v in enumerate(curve)},
+                         "noc@85": clicks_only["noc@85"], "reached@85": clicks_only["reached"]["noc@85"]})
+    return rows
+
+
+def summarize(rows: Sequence[dict[str, Any]], clicks: int = 4) -> dict[str, dict[str, Any]]:
+    """Per mode: mean Dice per click, mean NoC@85, share reaching IoU 0.85, per-label Dice curves."""
+    out: dict[str, dict[str, Any]] = {}
+    for mode in sorted({r["mode"] for r in rows}):
+        sel = [r for r in rows if r["mode"] == mode]
+        curve = [float(np.mean([r[f"dice_{c}"] for r in sel])) for c in range(clicks + 1)]
+        per_label = {}
+        for label in sorted({r["label"] for r in sel}):
+            lab = [r for r in sel if r["label"] == label]
+            per_label[label] = {"n": len(lab),
+                                "dice_per_click": [round(float(np.mean([r[f"dice_{c}"] for r in lab])), 4)
+                                                   for c in range(clicks + 1)],
+                                "noc@85": round(float(np.mean([r["noc@85"] for r in lab])), 2)}
+        out[mode] = {
+            "n": len(sel),
+            "dice_per_click": [round(v, 4) for v in curve],
+            "monotone": bool(all(b >= a - 1e-9 for a, b in zip(curve, curve[1:]))),
+            "noc@85": round(float(np.mean([r["noc@85"] for r in sel])), 3),
+            "reached@85": round(float(np.mean([r["reached@85"] for r in sel])), 3),
+            "per_label": per_label,
+        }
+    return out

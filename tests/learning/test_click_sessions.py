@@ -1,0 +1,54 @@
+"""Batched training decode == the inference session's decode, per prompting mode; loss and plan checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lib.agent.clicks import corrective_click, jittered_box, not_clicked_map
+from lib.agent.metrics import dice
+from lib.learning.click_sessions import SessionPlan, run_sessions, segmentation_loss
+from lib.learning.embedding_cache import CachedEmbedding
+from lib.tools.interaction import Interaction, Prompting
+
+
+@pytest.mark.parametrize(("mode", "box_first"), [(Prompting.ALL, True), (Prompting.ALL_LOGITS, True),
+                                                  (Prompting.NEWEST, True), (Prompting.ALL_LOGITS, False)])
+def test_simulated_session_matches_interaction(ft, mode, box_first):
+    """The training simulator and an ``Interaction`` over the inference session agree turn by turn."""
+    ft.reset()
+    it = ft.train.items[0]
+    box = jittered_box(it.gt, np.random.default_rng(1)) if box_first else None
+    with torch.no_grad():
+        trace = run_sessions(ft.backend, ft.train.embeddings, [it], SessionPlan([box], [1], mode))
+    session = ft.backend.session(CachedEmbedding(ft.train.embeddings[it.index], it.resized, it.shape))
+    inter, clicks, dices = Interaction(session, prompting=mode), [], []
+    if box_first:
+        inter.add_box(box.as_tuple())
+        dices.append(dice(inter.mask, it.gt))
+    for _ in range(2 if not box_first else 1):
+        c = corrective_click(inter.mask, it.gt, not_clicked=not_clicked_map(it.gt.shape, clicks))
+        clicks.append(c)
+        inter.add_point(c.x, c.y, c.positive)
+        dices.append(dice(inter.mask, it.gt))
+    assert trace.clicks[0] == clicks
+    np.testing.assert_allclose(trace.dice[0], dices, atol=1e-6)
+
+
+def test_loss_ignores_padding_and_is_zero_for_a_perfect_confident_prediction():
+    target = torch.zeros(1, 8, 8)
+    target[0, 2:5, 2:5] = 1
+    valid = torch.zeros(1, 8, 8)
+    valid[0, :6, :] = 1
+    logits = (target * 2 - 1) * 50
+    logits[0, 6:, :] = 50  # wrong, but in the padding
+    assert float(segmentation_loss(logits, target, valid)[0]) < 1e-3
+    assert float(segmentation_loss(-logits, target, valid)[0]) > 1.0
+
+
+def test_plan_validation():
+    with pytest.raises(ValueError, match="budgets"):
+        SessionPlan([None], [1, 2])
+    with pytest.raises(ValueError, match=">= 0"):
+        SessionPlan([None], [-1])
