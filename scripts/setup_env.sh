@@ -30,3 +30,5 @@ export PATH="$VENV/bin:$PATH"
 # Offline and quiet by default: no experiment tracking (MLflow 3 rejects file stores), no hub access.
 export MONAI_LABEL_TRACKING_ENABLED="${MONAI_LABEL_TRACKING_ENABLED:-false}"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+# files (JSON, READMEs) are UTF-8 whatever the machine locale is
+export PYTHONUTF8=1
