@@ -26,6 +26,7 @@ import lib.tools.cache
 import lib.tools.provider
 import lib.tools.registry
 import lib.trainers.agent
+import lib.trainers.tool_interactive
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +64,8 @@ class MedSAMAgentApp(MONAILabelApp):
         }
         names = dict.fromkeys([*c.backends, c.agent_backend])
         return {
-            b: lib.tools.provider.ToolProvider(b, lib.tools.registry.bundle_dir(b), overrides[b], self.session_cache)
+            b: lib.tools.provider.ToolProvider(b, lib.tools.registry.bundle_dir(b), overrides[b], self.session_cache,
+                                               models_dir=Path(c.models_dir) / b if c.models_dir else None)
             for b in names
         }
 
@@ -96,9 +98,11 @@ class MedSAMAgentApp(MONAILabelApp):
         provider = self._providers[self.app_conf.agent_backend]
         served = {"prompting": self.app_conf.prompting[self.app_conf.agent_backend],
                   "max_turns": self.app_conf.max_turns}
+        trainers = self._tool_trainers()
         if self.app_conf.policy != "compact":
-            return {}  # the VLM is trained with TRL scripts on GPUs (docs/vlm.md), not inside the server
+            return trainers  # the VLM is trained with TRL scripts on GPUs (docs/vlm.md), not inside the server
         return {
+            **trainers,
             "agent_sft": lib.trainers.agent.AgentSFTTask(
                 provider, self.agent_labels, self.policy_dir,
                 "Agent SFT: imitate expert box/click trajectories simulated from the final labels", **served),
@@ -106,6 +110,19 @@ class MedSAMAgentApp(MONAILabelApp):
                 provider, self.agent_labels, self.policy_dir,
                 "Agent RL (GRPO): refine the SFT policy with the verifiable process reward", **served),
         }
+
+    def _tool_trainers(self) -> dict:
+        """``<backend>_interactive`` for each offered backend whose bundle declares ``configs/train.json``."""
+        trainers = {}
+        for name, provider in self._providers.items():
+            if name in self.unavailable or not (provider.bundle / "configs" / "train.json").is_file():
+                continue
+            overrides = {"device": self.app_conf.device, "ct_window": list(self.app_conf.ct_window),
+                         "models_dir": str(provider.models_dir)}
+            task = lib.trainers.tool_interactive.ToolInteractiveTrain(
+                provider.bundle, self.agent_labels, backend=name, overrides=overrides)
+            trainers[task.name] = task
+        return trainers
 
     def init_strategies(self):
         return {"most_turns": lib.activelearning.most_turns.MostTurns(), "random": Random(), "first": First()}
@@ -125,6 +142,7 @@ class MedSAMAgentApp(MONAILabelApp):
             "backend": self.app_conf.agent_backend,
             "unavailable": self.unavailable,
         }
+        meta["tools"] = {name: p.weights_info() for name, p in self._providers.items() if name not in self.unavailable}
         return meta
 
     def infer(self, request, datastore=None):

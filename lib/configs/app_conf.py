@@ -52,6 +52,8 @@ class AppConf:
         max_turns: default turn budget of an agent episode (executed actions).
         policy_dir: where the served compact policy is published (default ``<app>/model/agent``).
         vlm_path: local folder of a Qwen3-VL / Qwen2.5-VL checkpoint for ``policy vlm``.
+        models_dir: where adapted segmenter weights are published and loaded, one subfolder per backend
+            (``<models_dir>/<backend>/adapted.pt``); default: each bundle's own ``models/`` folder.
         demo_policy: until a policy is trained, serve the demo policy shipped for the sample studies
             (``demo/agent_policy``); ``serve.sh`` turns it on only when it serves the sample studies.
     """
@@ -73,6 +75,7 @@ class AppConf:
     policy_dir: str = ""
     vlm_path: str = ""
     demo_policy: bool = False
+    models_dir: str = ""
 
     def __post_init__(self) -> None:
         unknown = [b for b in self.backends if b not in BACKENDS]

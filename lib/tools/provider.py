@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -27,13 +28,18 @@ class ToolProvider:
         bundle: the backend's bundle folder.
         overrides: bundle config ids to override (e.g. ``checkpoint``, ``device``).
         cache: session cache shared by every task that uses this backend.
+        models_dir: folder of this backend's adapted weights (default ``<bundle>/models``); a new ``.pt``
+            published there reloads the tool.
     """
 
     def __init__(self, name: str, bundle: Path | str, overrides: dict[str, Any] | None = None,
-                 cache: SessionCache | None = None) -> None:
+                 cache: SessionCache | None = None, models_dir: Path | str | None = None) -> None:
         self.name = name
         self.bundle = Path(bundle)
+        self.models_dir = Path(models_dir) if models_dir else self.bundle / "models"
         self.overrides = {k: v for k, v in (overrides or {}).items() if v not in (None, "")}
+        if models_dir:
+            self.overrides.setdefault("adapted", str(self.models_dir / "adapted.pt"))
         self.cache = cache or SessionCache()
         self._tool: Tool | None = None
         self._lock = threading.Lock()
@@ -57,9 +63,23 @@ class ToolProvider:
         return None
 
     def _weights_mtime(self) -> float | None:
-        """Newest mtime of the bundle's models/ files: adapted weights published there trigger a reload."""
-        files = list((self.bundle / "models").glob("*.pt")) if (self.bundle / "models").is_dir() else []
+        """Newest mtime of the ``.pt`` files in ``models_dir``: adapted weights published there trigger a reload."""
+        files = list(self.models_dir.glob("*.pt")) if self.models_dir.is_dir() else []
         return max((f.stat().st_mtime for f in files), default=None)
+
+    def weights_info(self) -> dict[str, Any]:
+        """Which weights the tool serves, without loading it: ``{"weights": "adapted" | "released", ...}``
+        plus the adapted file and the provenance written beside it (``adapted.json``) when present."""
+        adapted = Path(self.overrides.get("adapted") or self.models_dir / "adapted.pt")
+        if not adapted.is_file():
+            return {"weights": "released"}
+        out: dict[str, Any] = {"weights": "adapted", "adapted": str(adapted)}
+        try:
+            meta = json.loads(adapted.with_suffix(".json").read_text())
+        except (OSError, ValueError):
+            return out
+        out.update({k: meta[k] for k in ("time", "steps", "metrics", "data") if k in meta})
+        return out
 
     @property
     def tool(self) -> Tool:

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +29,16 @@ from lib.data.dataset import Case, Dataset
 logger = logging.getLogger(__name__)
 
 #: request keys a user may set (``/info`` → trainers → config) -> (train.json id, type)
-USER_OPTIONS: dict[str, tuple[str, type]] = {
+USER_OPTIONS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "steps": ("steps", int),
     "lr": ("lr", float),
     "max_clicks": ("max_clicks", int),
     "val_split": ("val_split", float),
     "seed": ("seed", int),
+    "labels": ("labels", lambda v: [s.strip() for s in v.split(",")] if isinstance(v, str) else [str(s) for s in v]),
+    "max_per_case": ("max_per_case", int),
+    "max_val_samples": ("max_val_samples", int),
+    "val_every": ("val_every", int),
 }
 
 
@@ -59,7 +64,8 @@ class ToolInteractiveTrain(TrainTask):
         bundle_dir: the backend's bundle (``configs/train.json`` in, ``models/adapted.{pt,json}`` out).
         labels: label name -> value of the app (the datastore's label maps use these values).
         backend: backend name (the task is called ``<backend>_interactive``).
-        overrides: train.json ids to override for every run (e.g. ``{"device": "cuda", "ct_window": [40, 400]}``).
+        overrides: train.json ids to override for every run (e.g. ``{"device": "cuda", "ct_window": [40, 400]}``);
+            ``models_dir`` moves the published weights, stats, runs and embedding cache out of the bundle.
     """
 
     def __init__(self, bundle_dir: str | Path, labels: dict[str, int], backend: str = "litemedsam",
@@ -72,7 +78,7 @@ class ToolInteractiveTrain(TrainTask):
         self.bundle_dir = Path(bundle_dir)
         self.labels = dict(labels)
         self.overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-        self.models_dir = self.bundle_dir / "models"
+        self.models_dir = Path(self.overrides.get("models_dir") or self.bundle_dir / "models")
         self.stats_path = self.models_dir / f"{self.name}_stats.json"
 
     def _parser(self, request: dict[str, Any] | None = None):
@@ -89,7 +95,7 @@ class ToolInteractiveTrain(TrainTask):
                     parser[cid] = typ(request[key])
                 except (TypeError, ValueError):
                     raise HTTPException(
-                        status_code=422, detail=f"{self.name}: {key}={request[key]!r} is not a {typ.__name__}"
+                        status_code=422, detail=f"{self.name}: {key}={request[key]!r} is not a valid {key}"
                     ) from None
         return parser
 
