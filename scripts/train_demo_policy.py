@@ -1,0 +1,93 @@
+#!/usr/bin/env python
+"""Rebuild the demo agent policy shipped for the sample studies (``demo/agent_policy``).
+
+It is the compact SFT+GRPO policy of the issue-7 benchmark recipe, trained on the sample phantoms'
+labelled studies with seed 0 and the real LiteMedSAM weights::
+
+    python scripts/train_demo_policy.py [--work runs/demo] [--out demo/agent_policy]
+
+runs the ``data``, ``trajectories``, ``sft`` and ``rl`` stages of ``scripts/benchmark.py`` (about 70 min
+on 2 cores: expert trajectories 40, SFT 14, GRPO 17), then copies the GRPO checkpoint to ``--out`` with
+``provenance.json`` (command, commit, data, seeds, the SFT/GRPO validation metrics). ``./scripts/serve.sh``
+serves it (``--conf demo_policy true``) until a policy is trained from the server's own labels.
+The demo is only meant for these phantoms; it knows nothing about real anatomy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+KEEP = ("policy.pt", "policy.json", "rl_stats.json")
+
+
+def commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def install(ckpt: Path, out: Path, work: Path, command: list[str]) -> dict:
+    """Copy a compact-policy checkpoint folder's serving files to ``out`` with a provenance record."""
+    if not (ckpt / "policy.json").is_file() or not (ckpt / "policy.pt").is_file():
+        raise SystemExit(f"{ckpt} is not a compact policy checkpoint (policy.json + policy.pt expected)")
+    out.mkdir(parents=True, exist_ok=True)
+    for name in KEEP:
+        if (ckpt / name).is_file():
+            shutil.copy2(ckpt / name, out / name)
+    meta = json.loads((ckpt / "policy.json").read_text())
+    prov = {
+        "what": "demo compact agent policy for the sample phantoms (scripts/make_sample_studies.py --seed 0)",
+        "rebuild": "python scripts/train_demo_policy.py",
+        "command": command,
+        "commit": commit(),
+        "installed_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "source_checkpoint": str(ckpt.relative_to(ROOT) if ckpt.is_relative_to(ROOT) else ckpt),
+        "work_dir": str(work),
+        "policy_sha256": hashlib.sha256((out / "policy.pt").read_bytes()).hexdigest(),
+        "labels": meta.get("labels"),
+        "parameters": meta.get("parameters"),
+        "training": meta.get("provenance"),
+        "evaluation": "BENCHMARKS.md, 'Agent: compact policy, SFT and GRPO (issue 7)' (held-out test studies)",
+    }
+    (out / "provenance.json").write_text(json.dumps(prov, indent=1, default=str) + "\n")
+    return prov
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--work", type=Path, default=ROOT / "runs" / "demo", help="benchmark working folder (cached)")
+    p.add_argument("--out", type=Path, default=ROOT / "demo" / "agent_policy")
+    p.add_argument("--from-checkpoint", type=Path, default=None,
+                   help="skip training: install this already trained checkpoint folder (e.g. runs/issue7/ckpt/grpo)")
+    args, rest = p.parse_known_args(argv)
+    if args.from_checkpoint is None:
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("_demo_benchmark", ROOT / "scripts" / "benchmark.py")
+        benchmark = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(benchmark)
+        rc = benchmark.main(["--work", str(args.work), "--stages", "data,trajectories,sft,rl", "--seed", "0", *rest])
+        if rc:
+            return rc
+        ckpt = args.work / "ckpt" / "grpo"
+    else:
+        ckpt = args.from_checkpoint
+    prov = install(ckpt, args.out, args.work, ["scripts/train_demo_policy.py", *(argv or sys.argv[1:])])
+    print(json.dumps({"out": str(args.out), "policy_sha256": prov["policy_sha256"], "labels": prov["labels"]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
