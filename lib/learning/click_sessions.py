@@ -143,6 +143,7 @@ def run_sessions(
     *,
     grad: bool = False,
     intermediate_weight: float = 0.0,
+    no_harm_weight: float = 0.0,
     bce_weight: float = 1.0,
     dice_weight: float = 1.0,
     rng: np.random.Generator | None = None,
@@ -161,6 +162,9 @@ def run_sessions(
         plan: first prompts, click budgets and prompting mode.
         grad: build the graph and return ``loss``.
         intermediate_weight: weight of the loss at turns before the last (0 = final mask only).
+        no_harm_weight: weight of ``relu(L_last - L_prev)`` for sessions with at least one click after the first
+            prompt, where ``L_prev`` is the same loss on the previous turn's (detached) logits: a click that makes
+            the mask worse costs extra, and only the click's answer receives the gradient.
         rng: randomness for ``plan.alt_click_prob``.
     """
     n = len(items)
@@ -186,7 +190,7 @@ def run_sessions(
             group = [i for i in range(n) if active[i] and (plan.boxes[i] is not None) == has_box]
             last = [i for i in group if turn == plan.budgets[i]]
             middle = [i for i in group if turn != plan.budgets[i]]
-            for sub, weight in ((last, 1.0), (middle, intermediate_weight)):
+            for sub, weight, is_last in ((last, 1.0, True), (middle, intermediate_weight, False)):
                 if not sub:
                     continue
                 with_grad = grad and weight > 0
@@ -195,10 +199,15 @@ def run_sessions(
                     if with_grad:
                         sel = [items[i] for i in sub]
                         target = torch.stack([it.target for it in sel]).to(low.device)
-                        per_item = segmentation_loss(
-                            low[:, 0], target, _valid(sel, size).to(low.device), bce_weight, dice_weight
-                        )
+                        valid = _valid(sel, size).to(low.device)
+                        per_item = segmentation_loss(low[:, 0], target, valid, bce_weight, dice_weight)
                         terms.append(weight * per_item.sum())
+                        before = [j for j, i in enumerate(sub) if turn > 0 and prev[i] is not None]
+                        if no_harm_weight > 0 and is_last and before:
+                            prev_logits = torch.cat([prev[sub[j]] for j in before])[:, 0].to(low.device)
+                            prev_loss = segmentation_loss(prev_logits, target[before], valid[before], bce_weight,
+                                                          dice_weight)
+                            terms.append(no_harm_weight * F.relu(per_item[before] - prev_loss).sum())
                 for j, i in enumerate(sub):
                     prev[i] = low[j : j + 1].detach()
                     pred = backend.to_original(low[j, 0].detach(), items[i].resized, items[i].shape)

@@ -207,7 +207,8 @@ class ToolFinetuner:
             items = [train.items[i] for i in picks]
             plan = sample_plan(len(items), train, picks, rng, c)
             trace = run_sessions(self.backend, train.embeddings, items, plan, grad=True,
-                                 intermediate_weight=c.intermediate_weight, bce_weight=c.bce_weight,
+                                 intermediate_weight=c.intermediate_weight, no_harm_weight=c.no_harm_weight,
+                                 bce_weight=c.bce_weight,
                                  dice_weight=c.dice_weight, rng=rng)
             if trace.loss is not None:
                 opt.zero_grad(set_to_none=True)

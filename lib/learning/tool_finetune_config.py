@@ -43,6 +43,11 @@ class ToolFinetuneConfig:
     intermediate_weight: float = _help(
         "loss weight of the masks before a session's last turn (0 = final mask only: cheaper)", 0.0
     )
+    no_harm_weight: float = _help(
+        "weight of relu(L_last - L_previous): extra loss when a session's last click made its mask worse than the "
+        "turn before (the previous turn's loss is a constant, so only the click's answer is pushed; costs no "
+        "extra decoder call)", 0.0
+    )
     # -- simulated sessions --------------------------------------------------------------------
     max_clicks: int = _help("a session's corrective clicks are uniform in 0..max_clicks after the first prompt", 4)
     box_first_prob: float = _help(
@@ -88,7 +93,8 @@ class ToolFinetuneConfig:
             raise ValueError(f"min_area must be >= 1 pixel, got {self.min_area}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
-        for name in ("weight_decay", "grad_clip", "bce_weight", "dice_weight", "intermediate_weight", "min_delta"):
+        for name in ("weight_decay", "grad_clip", "bce_weight", "dice_weight", "intermediate_weight", "no_harm_weight",
+                     "min_delta"):
             if float(getattr(self, name)) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.bce_weight + self.dice_weight <= 0:

@@ -52,3 +52,23 @@ def test_plan_validation():
         SessionPlan([None], [1, 2])
     with pytest.raises(ValueError, match=">= 0"):
         SessionPlan([None], [-1])
+
+
+
+def test_no_harm_term_adds_exactly_the_loss_increase_of_the_last_click(ft):
+    """no_harm_weight adds w * relu(L_last - L_prev) per clicked session and nothing for first-prompt-only ones."""
+    ft.reset()
+    items = ft.train.items[:2]
+    boxes = [jittered_box(it.gt, np.random.default_rng(3)) for it in items]
+
+    def loss(its, bxs, budgets, **kw):
+        return float(run_sessions(ft.backend, ft.train.embeddings, its, SessionPlan(bxs, budgets, Prompting.ALL),
+                                  grad=True, **kw).loss)
+
+    l_box = loss([items[1]], [boxes[1]], [0])  # session 1 before its click
+    l_click = loss([items[1]], [boxes[1]], [1])  # session 1 after its click
+    base = loss(items, boxes, [0, 1])
+    harm = loss(items, boxes, [0, 1], no_harm_weight=2.0)
+    # the batch loss is the mean over the 2 sessions: + 2.0 * relu(increase) / 2
+    assert harm - base == pytest.approx(max(l_click - l_box, 0.0), abs=1e-5)
+    assert loss(items, boxes, [0, 0], no_harm_weight=2.0) == pytest.approx(loss(items, boxes, [0, 0]), abs=1e-6)
