@@ -43,7 +43,8 @@ def _task(bundle, ft=None, **overrides):
 def test_options_and_stats_before_training(bundle):
     task = _task(bundle)
     assert task.name == "litemedsam_interactive"
-    assert task.config() == {"steps": 1000, "lr": 5e-05, "max_clicks": 4, "val_split": 0.2, "seed": 0}
+    assert task.config() == {"steps": 1000, "lr": 5e-05, "max_clicks": 4, "val_split": 0.2, "seed": 0,
+                             "labels": None, "max_per_case": None, "max_val_samples": 16, "val_every": 250}
     assert task.stats()["status"] == "never trained"
     assert "description" in task.info() and task.info()["config"]["steps"] == 1000
 
