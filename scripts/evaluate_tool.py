@@ -42,6 +42,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-released", action="store_true", help="skip the released weights (adapted only)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--modes", default=",".join(MODES), help="prompting modes, comma separated")
+    p.add_argument("--local-radius", default="none",
+                   help="local merge radii to compare, comma separated (multiples of the mask's equivalent radius; "
+                        "'none' = each click's answer replaces the mask), e.g. none,0.5,1")
     p.add_argument("--clicks", type=int, default=4, help="corrective clicks after the box")
     p.add_argument("--noc-max", type=int, default=20, help="NoC@85 click budget")
     p.add_argument("--max-per-case", type=int, default=None, help="cap of (slice, label) items per case")
@@ -88,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     from lib.tools.registry import bundle_dir
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    radii = [None if r.strip().lower() == "none" else float(r) for r in args.local_radius.split(",") if r.strip()]
     level, width = (float(v) for v in args.ct_window.split(","))
     ds = Dataset.from_dir(args.dataset)
     cases = ds.cases(args.split)
@@ -114,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         tool = load_tool(bundle_dir(args.backend), adapted=path)
         logging.info("%s: %s", name, tool.weights)
         r = evaluate_weights(backend, tool, data, modes, args.clicks, args.noc_max, args.seed, desc=name,
-                             progress=not args.no_progress)
+                             progress=not args.no_progress, local_radii=radii)
         rows += [{"weights": name, **x} for x in r]
         summary[name] = summarize(r, args.clicks)
     args.out.mkdir(parents=True, exist_ok=True)

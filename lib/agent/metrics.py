@@ -64,6 +64,7 @@ def noc(
     thresholds: Sequence[float] = DEFAULT_NOC_THRESHOLDS,
     max_clicks: int = DEFAULT_MAX_CLICKS,
     prompting: Prompting | str = Prompting.ALL,
+    local_radius: float | None = None,
 ) -> dict[str, Any]:
     """Number of clicks the standard click simulator needs to reach each IoU threshold.
 
@@ -78,6 +79,7 @@ def noc(
         thresholds: IoU levels in (0, 1].
         max_clicks: click budget; a threshold not reached counts as ``max_clicks`` clicks.
         prompting: which prompts reach the model each click (see ``Prompting``).
+        local_radius: merge each answer locally (see ``Interaction``); None = each answer replaces the mask.
 
     Returns:
         ``{"noc@85": int, "noc@90": int, ..., "reached": {key: bool}, "ious": [IoU after click 1..n],
@@ -90,7 +92,7 @@ def noc(
     gt = np.asarray(gt)
     if tuple(gt.shape) != tuple(session.shape):
         raise ValueError(f"gt {gt.shape} must have the session's (H, W) shape {tuple(session.shape)}")
-    inter = Interaction(session, prompting=Prompting(prompting))
+    inter = Interaction(session, prompting=Prompting(prompting), local_radius=local_radius)
     clicks, ious = [], []
     first_at: dict[float, int] = {}
     score = iou(inter.mask, gt)

@@ -25,9 +25,11 @@ from lib.tools.base import Tool
 from lib.tools.interaction import Interaction, Prompting
 
 
-def box_session_dice(session, gt: np.ndarray, box, clicks: int, prompting: Prompting) -> list[float]:
-    """Dice after ``box`` and after each of ``clicks`` corrective clicks (a perfect mask keeps its value)."""
-    inter = Interaction(session, prompting=prompting)
+def box_session_dice(session, gt: np.ndarray, box, clicks: int, prompting: Prompting,
+                     local_radius: float | None = None) -> list[float]:
+    """Dice after ``box`` and after each of ``clicks`` corrective clicks (a perfect mask keeps its value);
+    ``local_radius``: see ``Interaction`` (None = each answer replaces the mask)."""
+    inter = Interaction(session, prompting=prompting, local_radius=local_radius)
     inter.add_box(box.as_tuple())
     out, placed = [dice(inter.mask, gt)], []
     for _ in range(clicks):
@@ -52,18 +54,21 @@ def evaluate_weights(
     box_jitter: float = 0.1,
     desc: str = "evaluate",
     progress: bool = True,
+    local_radii: Sequence[float | None] = (None,),
 ) -> list[dict[str, Any]]:
-    """One row per (item, mode): ``{"case", "label", "mode", "dice_0".."dice_K", "noc@85", "reached@85"}``."""
+    """One row per (item, mode, local radius): ``{"case", "label", "mode", "dice_0".."dice_K", "noc@85",
+    "reached@85"}``; ``mode`` is the prompting mode, suffixed ``+local<r>`` for a local merge of radius r."""
     rows = []
     for n, it in enumerate(tqdm(data.items, desc=desc, unit="item", disable=not progress, mininterval=5.0)):
         entry = CachedEmbedding(data.embeddings[it.index], it.resized, it.shape)
         session = backend.session(entry, tool=tool)
         box = jittered_box(it.gt, np.random.default_rng([seed, n]), box_jitter)
-        for mode in modes:
-            mode = Prompting(mode)
-            curve = box_session_dice(session, it.gt, box, clicks, mode)
-            clicks_only = noc(session, it.gt, thresholds=(0.85,), max_clicks=noc_max, prompting=mode)
-            rows.append({"case": it.case_id, "label": it.label, "mode": mode.value,
+        for mode, radius in [(Prompting(m), r) for m in modes for r in local_radii]:
+            curve = box_session_dice(session, it.gt, box, clicks, mode, radius)
+            clicks_only = noc(session, it.gt, thresholds=(0.85,), max_clicks=noc_max, prompting=mode,
+                              local_radius=radius)
+            name = mode.value if radius is None else f"{mode.value}+local{radius:g}"
+            rows.append({"case": it.case_id, "label": it.label, "mode": name,
                          **{f"dice_{c}": round(v, 4) for c, v in enumerate(curve)},
                          "noc@85": clicks_only["noc@85"], "reached@85": clicks_only["reached"]["noc@85"]})
     return rows

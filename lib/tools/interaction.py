@@ -8,12 +8,13 @@ share one cached session without cross-talk.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 
 import numpy as np
 
 from lib.tools.base import SegOutput, ToolSession
+from lib.tools.local_merge import local_merge
 
 
 class Prompting(str, Enum):
@@ -41,6 +42,9 @@ class Interaction:
         points: clicks so far, (x, y) pixels.
         labels: 1 positive / 0 negative per click.
         last: the last ``SegOutput`` (None before the first prompt).
+        local_radius: None = a click's answer replaces the mask; else the answer is merged locally
+            (``lib.tools.local_merge``: only changes connected to the click, within ``local_radius`` × the
+            mask's equivalent radius). ``last.logits`` stay the model's own answer either way.
     """
 
     session: ToolSession
@@ -49,9 +53,12 @@ class Interaction:
     points: list[tuple[int, int]] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
     last: SegOutput | None = None
+    local_radius: float | None = None
 
     def __post_init__(self) -> None:
         self.prompting = Prompting(self.prompting)
+        if self.local_radius is not None and not self.local_radius > 0:
+            raise ValueError(f"local_radius must be > 0 or None (no local merge), got {self.local_radius}")
 
     @property
     def mask(self) -> np.ndarray:
@@ -83,6 +90,8 @@ class Interaction:
             out = self.session.predict(points=[pt], labels=[lab], mask_logits=self._logits())
         else:
             out = self._predict_all()
+        if self.local_radius is not None and self.last is not None:
+            out = replace(out, mask=local_merge(self.last.mask, out.mask, pt, self.local_radius))
         self.last = out
         return out
 
