@@ -91,13 +91,14 @@ class MedSAMAgentApp(MONAILabelApp):
             infers[m] = lib.infers.agent.AgentInfer(
                 agent_backend, self.policy_store, self.agent_labels, handoff=(m == "agent_handoff"),
                 prompting=self.app_conf.prompting[self.app_conf.agent_backend],
-                max_turns=self.app_conf.max_turns, ct_window=self.app_conf.ct_window)
+                max_turns=self.app_conf.max_turns, ct_window=self.app_conf.ct_window,
+                local_radius=self.app_conf.local_radius or None)
         return infers
 
     def init_trainers(self):
         provider = self._providers[self.app_conf.agent_backend]
         served = {"prompting": self.app_conf.prompting[self.app_conf.agent_backend],
-                  "max_turns": self.app_conf.max_turns}
+                  "max_turns": self.app_conf.max_turns, "local_radius": self.app_conf.local_radius or None}
         trainers = self._tool_trainers()
         if self.app_conf.policy != "compact":
             return trainers  # the VLM is trained with TRL scripts on GPUs (docs/vlm.md), not inside the server

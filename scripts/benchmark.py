@@ -72,6 +72,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--train-max-slices-per-case", type=int, default=None)
     p.add_argument("--eval-max-slices-per-case", type=int, default=24)
     p.add_argument("--max-turns", type=int, default=5)
+    p.add_argument("--local-radius", type=float, default=0.5,
+                   help="local merge of each click's answer (multiples of the mask's equivalent radius; 0 = off): "
+                        "the app's default; issue 3's measurement chose 0.5")
+    p.add_argument("--prompting", default="all", choices=["all", "all_logits", "newest"],
+                   help="which prompts reach the tool each turn, for the expert data, GRPO and the evaluation alike "
+                        "(default all: what the app serves LiteMedSAM with, the best mode in issue 3's measurement)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: the CPU is shared)")
     p.add_argument("--benchmarks", type=Path, default=ROOT / "BENCHMARKS.md")
@@ -168,6 +174,8 @@ def sft_config(args: argparse.Namespace, load_recipe):
         cfg.data.episodes_per_target = args.episodes_per_target
         cfg.data.max_slices_per_case = args.train_max_slices_per_case
         cfg.data.max_turns = args.max_turns
+        cfg.data.prompting = args.prompting
+        cfg.data.local_radius = args.local_radius or None
         cfg.data.seed = args.seed
         return cfg
 
@@ -207,7 +215,8 @@ def stage_rl(args: argparse.Namespace, studies: Path, tool) -> dict:
     if stats_path.is_file() and "rl" not in args.force:
         return json.loads(stats_path.read_text())
     cfg = load_recipe(RLConfig, args.rl_config, steps=args.rl_steps, max_minutes=args.rl_minutes, seed=args.seed,
-                      threads=args.threads, max_turns=args.max_turns)
+                      threads=args.threads, max_turns=args.max_turns, prompting=args.prompting)
+    cfg.local_radius = args.local_radius or None
     scratch = args.work / "scratch-rl"
     shutil.rmtree(scratch, ignore_errors=True)
     stats = train_grpo(cfg, Dataset.from_dir(studies), tool, args.work / "ckpt" / "sft", scratch)
@@ -236,7 +245,8 @@ def stage_eval(args: argparse.Namespace, studies: Path, tool) -> dict:
         return json.loads(path.read_text())
     ev = load_script("evaluate.py")
     T = args.max_turns
-    env = SegmentationEnv(tool, EnvConfig(max_turns=T))
+    env = SegmentationEnv(tool, EnvConfig(max_turns=T, prompting=args.prompting,
+                                          local_radius=args.local_radius or None))
     sft = CompactPolicy.load(args.work / "ckpt" / "sft")
     grpo = CompactPolicy.load(args.work / "ckpt" / "grpo")
     runs: dict[str, list] = {}
@@ -303,7 +313,9 @@ def report(args: argparse.Namespace, ev: dict, sft: dict, rl: dict, traj_s: floa
              f"evaluated on the 3 held-out test studies: {ev['n_targets']} targets from {ev['n_cases']} cases "
              f"(≤ {args.eval_max_slices_per_case} per case). Backend `{backend}`"
              + (f" with adapted weights `{args.tool_weights}`" if args.tool_weights else " (released weights)")
-             + f"; turn budget {ev['max_turns']} (the hand-off box counts as turn 1); greedy policies; "
+             + f"; prompting `{args.prompting}`, local merge radius {args.local_radius or 'off'}; "
+             f"turn budget {ev['max_turns']} (the hand-off box counts as turn 1); "
+             "greedy policies; "
              f"`scripts/benchmark.py`, 2-core CPU shared with other jobs (torch threads {args.threads}). SFT data: "
              f"{args.episodes_per_target} expert episode(s) per training target (Box-to-Point share "
              f"{args.box_to_point_prob}) + {args.extra_episodes} Box-to-Point episode(s) with {args.extra_retries + 1} "

@@ -53,6 +53,8 @@ class EnvConfig:
             inference cap of executed actions (reference-agents §1.6); Stop is not a turn.
         prompting: which prompts reach the tool each turn (``Prompting``). Default ``newest`` = the
             reference (newest prompt + previous logits); ``all`` = box + every click, no logits.
+        local_radius: None = a click's answer replaces the mask; else it is merged locally (``Interaction``,
+            ``lib.tools.local_merge``), in multiples of the mask's equivalent radius.
         iou_gain_weight: weight of the per-step reward ``IoU_t - IoU_{t-1}`` (dense shaping; needs gt).
         episode_weight: weight of ``rewards.episode_reward`` added on the final step (needs gt).
         invalid_penalty: reward subtracted for an invalid action (off-image, empty box, unsupported by
@@ -63,6 +65,7 @@ class EnvConfig:
 
     max_turns: int = 5
     prompting: Prompting = Prompting.NEWEST
+    local_radius: float | None = None
     iou_gain_weight: float = 1.0
     episode_weight: float = 1.0
     invalid_penalty: float = 0.1
@@ -76,6 +79,9 @@ class EnvConfig:
         except ValueError:
             options = ", ".join(p.value for p in Prompting)
             raise ValueError(f"EnvConfig.prompting must be one of {options}, got {self.prompting!r}") from None
+        if self.local_radius is not None and not (isinstance(self.local_radius, numbers.Real)
+                                                  and math.isfinite(self.local_radius) and self.local_radius > 0):
+            raise ValueError(f"EnvConfig.local_radius must be a finite number > 0 or None, got {self.local_radius!r}")
         for name in ("iou_gain_weight", "episode_weight", "invalid_penalty"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v < 0:
@@ -146,6 +152,7 @@ def clone_interaction(inter: Interaction) -> Interaction:
         points=list(inter.points),
         labels=list(inter.labels),
         last=inter.last,
+        local_radius=inter.local_radius,
     )
 
 
@@ -315,7 +322,7 @@ class SegmentationEnv(gym.Env):
         self.gt = self._check_gt(opts.get("gt"), shape)
         self.target = "" if opts.get("target") is None else str(opts["target"])
         self.meta = dict(opts.get("meta") or {})
-        self._inter = Interaction(session, prompting=self.config.prompting)
+        self._inter = Interaction(session, prompting=self.config.prompting, local_radius=self.config.local_radius)
         self._done = False
         self._turn = 0
         self._n_invalid = 0

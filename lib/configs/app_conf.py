@@ -8,6 +8,7 @@ The README's administrator table documents these keys.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -50,6 +51,9 @@ class AppConf:
         policy: the agent's policy: "compact" (CPU-trainable network) or "vlm" (Qwen-VL from ``vlm_path``).
         agent_backend: the segmenter the agent drives.
         max_turns: default turn budget of an agent episode (executed actions).
+        local_radius: in agent episodes (inference and training alike), a click's answer changes the mask
+            only near the click, within this multiple of the mask's equivalent radius (``lib.tools.local_merge``;
+            0 = off, the answer replaces the mask). 0.5: issue 3's measurement (BENCHMARKS.md).
         policy_dir: where the served compact policy is published (default ``<app>/model/agent``).
         vlm_path: local folder of a Qwen3-VL / Qwen2.5-VL checkpoint for ``policy vlm``.
         models_dir: where adapted segmenter weights are published and loaded, one subfolder per backend
@@ -72,6 +76,7 @@ class AppConf:
     policy: str = "compact"
     agent_backend: str = "litemedsam"
     max_turns: int = 5
+    local_radius: float = 0.5
     policy_dir: str = ""
     vlm_path: str = ""
     demo_policy: bool = False
@@ -94,6 +99,8 @@ class AppConf:
             raise ValueError(f"--conf agent_backend {self.agent_backend!r}: choose from {', '.join(BACKENDS)}")
         if not 1 <= self.max_turns <= 20:
             raise ValueError(f"--conf max_turns must be between 1 and 20, got {self.max_turns}")
+        if not (math.isfinite(self.local_radius) and self.local_radius >= 0):
+            raise ValueError(f"--conf local_radius must be a number >= 0 (0 = off), got {self.local_radius}")
         if self.policy == "vlm" and not self.vlm_path:
             raise ValueError("--conf policy vlm needs --conf vlm_path /path/to/Qwen3-VL-checkpoint")
         if self.session_cache_mb <= 0:
@@ -119,6 +126,11 @@ class AppConf:
                     kw[key] = int(v)
                 except ValueError:
                     raise ValueError(f"--conf {key} {v!r}: expected an integer") from None
+            elif key == "local_radius":
+                try:
+                    kw[key] = float(v)
+                except ValueError:
+                    raise ValueError(f"--conf local_radius {v!r}: expected a number, e.g. 0.5 (0 = off)") from None
             elif key == "ct_window":
                 try:
                     level, width = (float(x) for x in v.split(","))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -90,12 +91,13 @@ class AgentInfer(InferTask):
         handoff: False = ``agent`` (autonomous), True = ``agent_handoff``.
         prompting: which prompts reach the backend each turn.
         max_turns: default turn budget (executed actions; a request may lower or raise it up to 20).
+        local_radius: local merge of each click's answer (``lib.tools.local_merge``), None = replace.
         train_hint: what to tell the user when no policy is trained for the requested label.
     """
 
     def __init__(self, provider: ToolProvider, store: PolicyStore, labels: dict[str, int], handoff: bool = False,
                  prompting: str = "all", max_turns: int = 5, ct_window=(40.0, 400.0),
-                 train_hint: str = "train one with POST /train/agent_sft") -> None:
+                 train_hint: str = "train one with POST /train/agent_sft", local_radius: float | None = None) -> None:
         super().__init__(
             type=InferType.DEEPGROW if handoff else InferType.SEGMENTATION,
             labels=labels,
@@ -105,7 +107,7 @@ class AgentInfer(InferTask):
                          "by itself (box, corrective clicks, stop)"),
         )
         self.provider, self.store, self.handoff = provider, store, handoff
-        self.env_config = EnvConfig(max_turns=max_turns, prompting=prompting)
+        self.env_config = EnvConfig(max_turns=max_turns, prompting=prompting, local_radius=local_radius)
         self.ct_window, self.train_hint = ct_window, train_hint
 
     def is_valid(self) -> bool:
@@ -134,8 +136,7 @@ class AgentInfer(InferTask):
             win = windowing_for(vol, self.ct_window)
             pixels = tool_input(vol, slice_index, win)  # the policy looks at the same windowed slice
             session, cached = self.provider.session(slice_key(vol, slice_index, win), lambda: pixels)
-            env = SegmentationEnv(self.provider.tool, EnvConfig(max_turns=max_turns,
-                                                                prompting=self.env_config.prompting))
+            env = SegmentationEnv(self.provider.tool, replace(self.env_config, max_turns=max_turns))
             with self.store.episode_lock:
                 recorder = QualityRecorder(policy)
                 agent = Prefixed(prefix, recorder) if prefix else recorder

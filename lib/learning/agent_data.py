@@ -61,6 +61,9 @@ class TrajectoryConfig:
     max_turns: int = help_field("turn budget of the environment and the expert (Box/Point actions)", 5)
     prompting: str = help_field("which prompts reach the tool each turn: newest (reference), all, all_logits",
                                 Prompting.NEWEST.value)
+    local_radius: float | None = help_field(
+        "local merge of each click's answer, in multiples of the mask's equivalent radius (None = the answer "
+        "replaces the mask; lib.tools.local_merge)", None)
     seed: int = help_field("base seed; episode seeds derive from it and (case, slice, label, episode)", 0)
     box_jitter: float = help_field("side fraction of the first box's jitter (a hand-drawn box)", 0.1)
     tau: float = help_field("progress constraint: minimal IoU gain of a kept action", 0.01)
@@ -85,7 +88,7 @@ class TrajectoryConfig:
         self.expert_config()
 
     def env_config(self) -> EnvConfig:
-        return EnvConfig(max_turns=self.max_turns, prompting=self.prompting)
+        return EnvConfig(max_turns=self.max_turns, prompting=self.prompting, local_radius=self.local_radius)
 
     def expert_config(self) -> ExpertConfig:
         return ExpertConfig(box_jitter=self.box_jitter, tau=self.tau, retries=self.retries,

@@ -82,6 +82,8 @@ class RLConfig:
     box_jitter: float = help_field("side fraction of the hand-off box's jitter", 0.1)
     max_turns: int = help_field("turn budget (Box/Point actions, the hand-off box included)", 5)
     prompting: str = help_field("which prompts reach the tool each turn", Prompting.NEWEST.value)
+    local_radius: float | None = help_field(
+        "local merge of each click's answer (multiples of the mask's equivalent radius; None = replace)", None)
     reward: dict[str, float] = help_field("RewardConfig overrides (default = the reference's reward)", factory=dict)
     split: str = help_field("dataset split to train on (validation cases are held out of it)", "training")
     axis: int = help_field("slicing axis of 3D volumes", 0)
@@ -121,7 +123,8 @@ class RLConfig:
         self.env_config()  # RewardConfig / EnvConfig validate the reward weights, turn budget and prompting
 
     def env_config(self) -> EnvConfig:
-        return EnvConfig(max_turns=self.max_turns, prompting=self.prompting, reward=RewardConfig(**self.reward))
+        return EnvConfig(max_turns=self.max_turns, prompting=self.prompting, local_radius=self.local_radius,
+                         reward=RewardConfig(**self.reward))
 
 
 class Slices:

@@ -63,11 +63,12 @@ class AgentTrainTask(TrainTask):
     name = "agent"
 
     def __init__(self, provider: ToolProvider, labels: dict[str, int], policy_dir: Path | str,
-                 description: str, prompting: str = "all", max_turns: int = 5) -> None:
+                 description: str, prompting: str = "all", max_turns: int = 5,
+                 local_radius: float | None = None) -> None:
         super().__init__(description)
         self.provider = provider
         # trained with the prompting and budget it will be served with, so train and infer cannot drift
-        self.prompting, self.max_turns = prompting, max_turns
+        self.prompting, self.max_turns, self.local_radius = prompting, max_turns, local_radius
         self.labels = labels
         self.policy_dir = Path(policy_dir)
         self.stats_path = self.policy_dir.parent / f"{self.name}_stats.json"
@@ -152,7 +153,8 @@ class AgentSFTTask(AgentTrainTask):
         from lib.learning.sft import SFTConfig, train_sft
 
         samples = self.samples(req, dataset)
-        data = TrajectoryConfig(prompting=self.prompting, max_turns=self.max_turns, seed=int(req["seed"]))
+        data = TrajectoryConfig(prompting=self.prompting, max_turns=self.max_turns, local_radius=self.local_radius,
+                                seed=int(req["seed"]))
         config = SFTConfig(data=data, seed=int(req["seed"]),
                            **({"steps": int(req["steps"])} if req.get("steps") else {}))
         trajectories = expert_trajectories(samples, self.provider.tool, self.targets(req), config=data,
@@ -179,6 +181,7 @@ class AgentRLTask(AgentTrainTask):
             raise HTTPException(status_code=422, detail="agent_rl starts from the SFT policy: run agent_sft first")
         samples = self.samples(req, dataset)
         config = RLConfig(seed=int(req["seed"]), prompting=self.prompting, max_turns=self.max_turns,
+                          local_radius=self.local_radius,
                           **({"steps": int(req["steps"])} if req.get("steps") else {}))
         stats = train_grpo(config, samples, self.provider.tool, self.policy_dir, out, progress=progress)
         return {"n_slices": len(samples), **stats}
