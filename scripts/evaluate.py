@@ -299,8 +299,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mode", default="autonomous", choices=("autonomous", "handoff"))
     p.add_argument("--backend", default="litemedsam", choices=SCRIPT_BACKENDS,
                    help="segmentation backend (default litemedsam; 'fake' is a test double for tests only)")
-    p.add_argument("--prompting", default=Prompting.NEWEST.value, choices=[m.value for m in Prompting],
-                   help="which prompts reach the tool each turn (default newest = the reference)")
+    p.add_argument("--prompting", default=Prompting.ALL.value, choices=[m.value for m in Prompting],
+                   help="which prompts reach the tool each turn (default all = what the app serves LiteMedSAM with; "
+                        "newest = the reference)")
+    p.add_argument("--local-radius", type=float, default=0.5,
+                   help="local merge of each click's answer, multiples of the mask's equivalent radius (0 = off; "
+                        "default 0.5 = the app's)")
     p.add_argument("--max-turns", type=int, default=5, help="turn budget (Box/Point actions)")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--labels", default=None, help="comma-separated label names or values (default: all)")
@@ -325,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     ds = Dataset.from_dir(args.dataset)
     tool = load_backend(args.backend, args.tool_weights, threads=args.threads)
-    env_cfg = EnvConfig(max_turns=args.max_turns, prompting=args.prompting)
+    env_cfg = EnvConfig(max_turns=args.max_turns, prompting=args.prompting, local_radius=args.local_radius or None)
     env = SegmentationEnv(tool, env_cfg)
     handoff_mode = args.mode == "handoff"
     baselines = ["box", "expert"] + (["ellipse"] if handoff_mode else [])
@@ -400,6 +404,7 @@ def main(argv: list[str] | None = None) -> int:
         "mode": args.mode,
         "backend": args.backend,
         "prompting": args.prompting,
+        "local_radius": args.local_radius or None,
         "dataset": str(args.dataset),
         "split": args.split,
         "seed": args.seed,

@@ -143,6 +143,7 @@ class FinetuneResult:
         steps_run / best_step: optimizer steps executed, and the step of ``state`` (0 = released).
         stopped_early: patience ran out before ``steps``.
         train_seconds: wall time of the optimisation loop (validation included, data preparation not).
+        val_seconds: the part of ``train_seconds`` spent validating (the released weights' pass included).
     """
 
     state: dict[str, torch.Tensor]
@@ -153,6 +154,7 @@ class FinetuneResult:
     best_step: int = 0
     stopped_early: bool = False
     train_seconds: float = 0.0
+    val_seconds: float = 0.0
 
 
 class ToolFinetuner:
@@ -195,6 +197,7 @@ class ToolFinetuner:
         sched = torch.optim.lr_scheduler.LambdaLR(opt, self._lr_lambda)
         t0 = time.perf_counter()
         before = self._validate(val)
+        val_seconds = time.perf_counter() - t0
         logger.info("released weights: val Dice per click %s, NoC@85 %.2f", before["dice_per_click"], before["noc@85"])
         history: dict[str, list[dict[str, Any]]] = {"train": [], "val": [{"step": 0, **before}]}
         if self.on_validation:
@@ -222,7 +225,9 @@ class ToolFinetuner:
                 bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
             sched.step()
             if step % c.val_every == 0 or step == c.steps:
+                tv = time.perf_counter()
                 metrics = self._validate(val)
+                val_seconds += time.perf_counter() - tv
                 history["val"].append({"step": step, **metrics})
                 logger.info("step %d: val Dice per click %s, NoC@85 %.2f", step, metrics["dice_per_click"],
                             metrics["noc@85"])
@@ -239,7 +244,7 @@ class ToolFinetuner:
         self.backend.load_trainable(best[2])
         return FinetuneResult(state=best[2], before=before, after=best[3], history=history, steps_run=step,
                               best_step=best[1], stopped_early=step < c.steps,
-                              train_seconds=time.perf_counter() - t0)
+                              train_seconds=time.perf_counter() - t0, val_seconds=val_seconds)
 
 
 def finetune(
@@ -305,6 +310,8 @@ def finetune(
             "finished_utc": datetime.now(UTC).isoformat(timespec="seconds"),
             "prepare_seconds": round(prepare_seconds, 2),
             "train_seconds": round(result.train_seconds, 2),
+            "val_seconds": round(result.val_seconds, 2),
+            "step_seconds": round(result.train_seconds - result.val_seconds, 2),
             "total_seconds": round(time.perf_counter() - t_start, 2),
         },
         "embedding_cache": {"dir": str(cache.root), "hits": cache.hits, "misses": cache.misses,

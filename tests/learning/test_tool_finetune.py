@@ -62,6 +62,9 @@ def test_finetune_reuses_the_cache_writes_outputs_and_publishes(ft, tmp_path):
     assert ft.backend.encoder_calls == calls  # second run: every embedding came from the cache
     assert info["embedding_cache"]["misses"] == 0 and info["embedding_cache"]["encoder_calls"] == 0
     assert info["steps"]["run"] == 3 and len(info["data"]["val_cases"]) == 1
+    t = info["time"]  # validation time is reported apart from the optimisation steps
+    assert 0 < t["val_seconds"] < t["train_seconds"]
+    assert abs(t["step_seconds"] - (t["train_seconds"] - t["val_seconds"])) <= 0.02
     assert set(info["metrics"]["before"]) >= {"dice_per_click", "noc@85", "score"}
     assert info["released_checkpoint_sha256"].startswith("79d8c9dc")
     for folder in (tmp_path / "run", tmp_path / "models"):
