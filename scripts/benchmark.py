@@ -65,10 +65,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--box-to-point-prob", type=float, default=0.75,
                    help="expert Box-to-Point share for the SFT data (the hand-off mode starts from a box)")
     p.add_argument("--episodes-per-target", type=int, default=1)
-    p.add_argument("--extra-episodes", type=int, default=2,
+    p.add_argument("--extra-episodes", type=int, default=1,
                    help="a second trajectory pass: this many more Box-to-Point episodes per target (new seeds, new "
                         "hand-off boxes): the hand-off refinement data the first pass has too little of")
-    p.add_argument("--extra-retries", type=int, default=0, help="expert retries in the extra pass")
+    p.add_argument("--extra-retries", type=int, default=1, help="expert retries in the extra pass")
     p.add_argument("--train-max-slices-per-case", type=int, default=None)
     p.add_argument("--eval-max-slices-per-case", type=int, default=24)
     p.add_argument("--max-turns", type=int, default=5)
@@ -136,8 +136,9 @@ def stage_trajectories(args: argparse.Namespace, studies: Path, tool, labels: di
         cfg.first_episode = cfg.episodes_per_target
         cfg.episodes_per_target = args.extra_episodes
         cfg.box_to_point_prob = 1.0
-        # one click candidate per turn instead of four: with the released LiteMedSAM weights clicks were kept in
-        # 5 of 145 expert actions of the first pass, and each rejected candidate costs a decoder call
+        # fewer click candidates per turn than the first pass's four: each rejected candidate costs a decoder call,
+        # and this pass is there for new hand-off boxes (under the reference's `newest` prompting clicks were kept
+        # in 5 of 145 expert actions; with `all` + local merge they are kept far more often, hence 2 candidates)
         cfg.retries = args.extra_retries
         repair_tail(extra)
         done = {t.case_id for t in read_jsonl(extra)} if extra.is_file() else set()

@@ -6,8 +6,9 @@ labelled studies with seed 0 and the real LiteMedSAM weights::
 
     python scripts/train_demo_policy.py [--work runs/demo] [--out demo/agent_policy]
 
-runs the ``data``, ``trajectories``, ``sft`` and ``rl`` stages of ``scripts/benchmark.py`` (about 70 min
-on 2 cores: expert trajectories 40, SFT 14, GRPO 17), then copies the GRPO checkpoint to ``--out`` with
+runs the ``data``, ``trajectories``, ``sft`` and ``rl`` stages of ``scripts/benchmark.py`` with its defaults
+(prompting ``all`` + local merge 0.5, as the app serves the agent; about 65 min on 2 cores: expert trajectories 35,
+SFT 14, GRPO 15), then copies the GRPO checkpoint to ``--out`` with
 ``provenance.json`` (command, commit, data, seeds, the SFT/GRPO validation metrics). ``./scripts/serve.sh``
 serves it (``--conf demo_policy true``) until a policy is trained from the server's own labels.
 The demo is only meant for these phantoms; it knows nothing about real anatomy.
