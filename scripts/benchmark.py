@@ -50,6 +50,8 @@ def load_script(name: str):
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from lib.agent.rollout import add_episode_args
+
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "issue7", help="working folder (cached stages)")
     p.add_argument("--backend", default="litemedsam", help="segmentation backend")
@@ -72,12 +74,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--train-max-slices-per-case", type=int, default=None)
     p.add_argument("--eval-max-slices-per-case", type=int, default=24)
     p.add_argument("--max-turns", type=int, default=5)
-    p.add_argument("--local-radius", type=float, default=0.5,
-                   help="local merge of each click's answer (multiples of the mask's equivalent radius; 0 = off): "
-                        "the app's default; issue 3's measurement chose 0.5")
-    p.add_argument("--prompting", default="all", choices=["all", "all_logits", "newest"],
-                   help="which prompts reach the tool each turn, for the expert data, GRPO and the evaluation alike "
-                        "(default all: what the app serves LiteMedSAM with, the best mode in issue 3's measurement)")
+    add_episode_args(p)  # for the expert data, GRPO and the evaluation alike
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: the CPU is shared)")
     p.add_argument("--benchmarks", type=Path, default=ROOT / "BENCHMARKS.md")
@@ -176,7 +173,7 @@ def sft_config(args: argparse.Namespace, load_recipe):
         cfg.data.max_slices_per_case = args.train_max_slices_per_case
         cfg.data.max_turns = args.max_turns
         cfg.data.prompting = args.prompting
-        cfg.data.local_radius = args.local_radius or None
+        cfg.data.local_radius = args.local_radius
         cfg.data.seed = args.seed
         return cfg
 
@@ -217,7 +214,7 @@ def stage_rl(args: argparse.Namespace, studies: Path, tool) -> dict:
         return json.loads(stats_path.read_text())
     cfg = load_recipe(RLConfig, args.rl_config, steps=args.rl_steps, max_minutes=args.rl_minutes, seed=args.seed,
                       threads=args.threads, max_turns=args.max_turns, prompting=args.prompting)
-    cfg.local_radius = args.local_radius or None
+    cfg.local_radius = args.local_radius
     scratch = args.work / "scratch-rl"
     shutil.rmtree(scratch, ignore_errors=True)
     stats = train_grpo(cfg, Dataset.from_dir(studies), tool, args.work / "ckpt" / "sft", scratch)
@@ -246,8 +243,7 @@ def stage_eval(args: argparse.Namespace, studies: Path, tool) -> dict:
         return json.loads(path.read_text())
     ev = load_script("evaluate.py")
     T = args.max_turns
-    env = SegmentationEnv(tool, EnvConfig(max_turns=T, prompting=args.prompting,
-                                          local_radius=args.local_radius or None))
+    env = SegmentationEnv(tool, EnvConfig(max_turns=T, prompting=args.prompting, local_radius=args.local_radius))
     sft = CompactPolicy.load(args.work / "ckpt" / "sft")
     grpo = CompactPolicy.load(args.work / "ckpt" / "grpo")
     runs: dict[str, list] = {}

@@ -47,10 +47,17 @@ from lib.agent.metrics import aggregate, dice, iou, noc  # noqa: E402
 from lib.agent.policies.base import Policy, Prefixed  # noqa: E402
 from lib.agent.policies.box import BoxPolicy  # noqa: E402
 from lib.agent.policies.ellipse import ellipse_mask  # noqa: E402
-from lib.agent.rollout import SCRIPT_BACKENDS, episode_seed, load_backend, rollout, sample_options, window_slice  # noqa: E402
+from lib.agent.rollout import (  # noqa: E402
+    SCRIPT_BACKENDS,
+    add_episode_args,
+    episode_seed,
+    load_backend,
+    rollout,
+    sample_options,
+    window_slice,
+)
 from lib.agent.trajectories import Trajectory  # noqa: E402
 from lib.data.dataset import Dataset, iter_slices  # noqa: E402
-from lib.tools.interaction import Prompting  # noqa: E402
 
 #: a policy factory: (env, args, box, handoff) -> Policy. ``box`` is this target's jittered ground-truth box
 #: (the same for every policy); with ``handoff`` True the policy must start with it (``Prefixed`` does that
@@ -299,12 +306,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mode", default="autonomous", choices=("autonomous", "handoff"))
     p.add_argument("--backend", default="litemedsam", choices=SCRIPT_BACKENDS,
                    help="segmentation backend (default litemedsam; 'fake' is a test double for tests only)")
-    p.add_argument("--prompting", default=Prompting.ALL.value, choices=[m.value for m in Prompting],
-                   help="which prompts reach the tool each turn (default all = what the app serves LiteMedSAM with; "
-                        "newest = the reference)")
-    p.add_argument("--local-radius", type=float, default=0.5,
-                   help="local merge of each click's answer, multiples of the mask's equivalent radius (0 = off; "
-                        "default 0.5 = the app's)")
+    add_episode_args(p)
     p.add_argument("--max-turns", type=int, default=5, help="turn budget (Box/Point actions)")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--labels", default=None, help="comma-separated label names or values (default: all)")
@@ -329,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     ds = Dataset.from_dir(args.dataset)
     tool = load_backend(args.backend, args.tool_weights, threads=args.threads)
-    env_cfg = EnvConfig(max_turns=args.max_turns, prompting=args.prompting, local_radius=args.local_radius or None)
+    env_cfg = EnvConfig(max_turns=args.max_turns, prompting=args.prompting, local_radius=args.local_radius)
     env = SegmentationEnv(tool, env_cfg)
     handoff_mode = args.mode == "handoff"
     baselines = ["box", "expert"] + (["ellipse"] if handoff_mode else [])
@@ -404,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
         "mode": args.mode,
         "backend": args.backend,
         "prompting": args.prompting,
-        "local_radius": args.local_radius or None,
+        "local_radius": args.local_radius,
         "dataset": str(args.dataset),
         "split": args.split,
         "seed": args.seed,

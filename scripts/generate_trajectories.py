@@ -44,10 +44,9 @@ from tqdm import tqdm  # noqa: E402
 
 from lib.agent.env import EnvConfig, SegmentationEnv  # noqa: E402
 from lib.agent.expert import STRATEGIES, ExpertConfig, ExpertPolicy, keep_trajectory  # noqa: E402
-from lib.agent.rollout import SCRIPT_BACKENDS, episode_seed, load_backend, rollout, sample_options  # noqa: E402
+from lib.agent.rollout import SCRIPT_BACKENDS, add_episode_args, episode_seed, load_backend, rollout, sample_options  # noqa: E402
 from lib.agent.trajectories import Trajectory, read_keys, repair_tail, write_jsonl  # noqa: E402
 from lib.data.dataset import Dataset, SliceSample, iter_slices  # noqa: E402
-from lib.tools.interaction import Prompting  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -192,12 +191,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="worker kind for --workers > 1 (default process: fastest, see BENCHMARKS.md)")
     p.add_argument("--seed", type=int, default=0, help="base seed (episode seeds derive from it and the key)")
     p.add_argument("--tool-weights", default=None, help="adapted segmenter weights (folder or file)")
-    p.add_argument("--prompting", default=Prompting.ALL.value, choices=[m.value for m in Prompting],
-                   help="which prompts reach the tool each turn (default all = what the app serves LiteMedSAM with; "
-                        "newest = the reference)")
-    p.add_argument("--local-radius", type=float, default=0.5,
-                   help="local merge of each click's answer, multiples of the mask's equivalent radius (0 = off; "
-                        "default 0.5 = the app's)")
+    add_episode_args(p)
     p.add_argument("--max-turns", type=int, default=5, help="turn budget = max expert actions (default 5)")
     p.add_argument("--strategy", default="hybrid", choices=STRATEGIES, help="expert strategy (default hybrid)")
     p.add_argument("--no-rebox", action="store_true", help="click-only corrections: the expert never redraws the box")
@@ -222,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         tool_weights=args.tool_weights,
         # one torch thread per worker so 2 workers use 2 cores without oversubscription
         threads=1 if args.workers > 1 else min(cpus, 2),
-        env=EnvConfig(max_turns=args.max_turns, prompting=args.prompting, local_radius=args.local_radius or None),
+        env=EnvConfig(max_turns=args.max_turns, prompting=args.prompting, local_radius=args.local_radius),
         expert=ExpertConfig(
             max_actions=args.max_turns, strategy=args.strategy, **({"rebox_margins": ()} if args.no_rebox else {})
         ),

@@ -5,6 +5,7 @@ names to tools, shared by ``scripts/generate_trajectories.py`` and ``scripts/eva
 
 from __future__ import annotations
 
+import argparse
 import time
 import zlib
 from collections.abc import Mapping
@@ -19,9 +20,29 @@ from lib.agent.trajectories import Trajectory, rle_encode
 from lib.data.dataset import SliceSample
 from lib.data.intensity import Windowing
 from lib.tools.base import Tool
+from lib.tools.interaction import Prompting
+from lib.tools.local_merge import DEFAULT_LOCAL_RADIUS
 
 #: backends the scripts accept; "fake" is the FakeTool test double, for tests only (never a real model)
 SCRIPT_BACKENDS = ("litemedsam", "sam2", "medsam2", "fake")
+
+
+def _local_radius(text: str) -> float | None:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: the local merge radius is a number >= 0 (0 = off)")
+    return value or None
+
+
+def add_episode_args(parser: argparse.ArgumentParser) -> None:
+    """``--prompting`` and ``--local-radius`` (parsed to None when 0), defaulting to what the app serves, for the
+    scripts whose episodes must match the served agent (trajectories, evaluation, benchmark)."""
+    parser.add_argument("--prompting", default=Prompting.ALL.value, choices=[m.value for m in Prompting],
+                        help="which prompts reach the tool each turn (default all = what the app serves LiteMedSAM "
+                             "with; newest = the reference)")
+    parser.add_argument("--local-radius", type=_local_radius, default=DEFAULT_LOCAL_RADIUS,
+                        help="local merge of each click's answer, multiples of the mask's equivalent radius (0 = off; "
+                             f"default {DEFAULT_LOCAL_RADIUS} = the app's)")
 
 
 def rollout(

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from lib.tools.interaction import Prompting
+from lib.tools.local_merge import DEFAULT_LOCAL_RADIUS
 from lib.tools.registry import BACKENDS
 
 TRUE = {"1", "true", "yes", "on", "y", "t"}
@@ -76,7 +77,7 @@ class AppConf:
     policy: str = "compact"
     agent_backend: str = "litemedsam"
     max_turns: int = 5
-    local_radius: float = 0.5
+    local_radius: float = DEFAULT_LOCAL_RADIUS
     policy_dir: str = ""
     vlm_path: str = ""
     demo_policy: bool = False

@@ -18,6 +18,9 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+#: the served default radius (agent episodes): chosen on the sample phantoms' training studies (BENCHMARKS.md, issue 3)
+DEFAULT_LOCAL_RADIUS = 0.5
+
 #: 8-connectivity: a diagonal step keeps a changed band connected, as it is on screen
 _EIGHT = np.ones((3, 3), dtype=bool)
 
