@@ -81,7 +81,8 @@ class MedSAMAgentApp(MONAILabelApp):
                 provider.tool  # noqa: B018  (load now rather than on the first click)
             if name in self.app_conf.backends:
                 infers[name] = lib.infers.interactive.InteractiveInfer(
-                    provider, self.agent_labels, self.app_conf.ct_window)
+                    provider, self.agent_labels, self.app_conf.ct_window,
+                    local_radius=self.app_conf.local_radius or None)
         agent_backend = self._providers[self.app_conf.agent_backend]
         if self.app_conf.agent_backend in self.unavailable:
             for m in AGENT_MODELS:

@@ -52,9 +52,10 @@ class AppConf:
         policy: the agent's policy: "compact" (CPU-trainable network) or "vlm" (Qwen-VL from ``vlm_path``).
         agent_backend: the segmenter the agent drives.
         max_turns: default turn budget of an agent episode (executed actions).
-        local_radius: in agent episodes (inference and training alike), a click's answer changes the mask
-            only near the click, within this multiple of the mask's equivalent radius (``lib.tools.local_merge``;
-            0 = off, the answer replaces the mask). 0.5: issue 3's measurement (BENCHMARKS.md).
+        local_radius: in agent episodes (inference and training alike) and in a Slicer user's click sessions
+            (a request adding one click to the previous request), a click's answer changes the mask only near
+            the click, within this multiple of the mask's equivalent radius (``lib.tools.local_merge``; 0 = off,
+            the answer replaces the mask). 0.5: issue 3's measurement (BENCHMARKS.md).
         policy_dir: where the served compact policy is published (default ``<app>/model/agent``).
         vlm_path: local folder of a Qwen3-VL / Qwen2.5-VL checkpoint for ``policy vlm``.
         models_dir: where adapted segmenter weights are published and loaded, one subfolder per backend

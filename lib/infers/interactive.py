@@ -4,6 +4,13 @@ MONAI Label type ``deepgrow``, dimension 2: Slicer sends ``foreground`` / ``back
 clicks, an optional ``roi`` box and the current ``slice``, and pastes the returned label into that
 slice. All prompts of the request go to the model together; the slice embedding is cached, so every
 request after the first on a slice costs decoder time only.
+
+Requests are stateless, but a user's clicks are not: a request that adds one click to an earlier
+request on the same slice and label is that session's next turn (``lib.tools.answer_history``). With
+``local_radius`` its answer is merged locally onto the earlier answer, as in agent episodes
+(``lib.tools.local_merge``): the click changes the mask near itself only, so a click that fixes one
+edge no longer moves the others (BENCHMARKS.md, issue 3). Sending earlier prompts again (an undo) gives
+back the answer they got.
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ from lib.data.ijk import request_to_slice_prompts
 from lib.data.intensity import Windowing
 from lib.data.io import Volume, get_slice, load_image, save_label_like
 from lib.infers.errors import client_errors
+from lib.tools.answer_history import Answer, AnswerHistory
+from lib.tools.local_merge import local_merge
 from lib.tools.provider import ToolProvider
 
 logger = logging.getLogger(__name__)
@@ -63,9 +72,19 @@ def label_value(request: dict, labels: dict[str, int]) -> tuple[str, int]:
 
 
 class InteractiveInfer(InferTask):
-    """One backend, driven directly by the user's prompts."""
+    """One backend, driven directly by the user's prompts.
 
-    def __init__(self, provider: ToolProvider, labels: dict[str, int], ct_window=(40.0, 400.0)) -> None:
+    Args:
+        provider: the backend.
+        labels: label name -> value of the result.
+        ct_window: (level, width) HU window for CT slices.
+        local_radius: merge a click's answer onto the previous request's answer within this multiple of
+            the mask's equivalent radius; None = each answer replaces the mask.
+        history: answers remembered for the merge and for undo (LRU).
+    """
+
+    def __init__(self, provider: ToolProvider, labels: dict[str, int], ct_window=(40.0, 400.0),
+                 local_radius: float | None = None, history: int = 64) -> None:
         super().__init__(
             type=InferType.DEEPGROW,
             labels=labels,
@@ -75,6 +94,10 @@ class InteractiveInfer(InferTask):
         )
         self.provider = provider
         self.ct_window = ct_window
+        if local_radius is not None and not local_radius > 0:
+            raise ValueError(f"local_radius must be > 0 or None (no local merge), got {local_radius}")
+        self.local_radius = local_radius
+        self.history = AnswerHistory(history)
 
     def is_valid(self) -> bool:
         return self.provider.checkpoint_problem() is None
@@ -86,16 +109,16 @@ class InteractiveInfer(InferTask):
             size_ijk = tuple(reversed(vol.spatial_shape))
             prompts = request_to_slice_prompts(request, size_ijk)
             win = windowing_for(vol, self.ct_window)
-            session, cached = self.provider.session(
-                slice_key(vol, prompts.slice_index, win), lambda: tool_input(vol, prompts.slice_index, win)
-            )
-            out = session.predict(box=prompts.box, points=prompts.points, labels=prompts.labels)
+            session_key = slice_key(vol, prompts.slice_index, win)
+            session, cached = self.provider.session(session_key, lambda: tool_input(vol, prompts.slice_index, win))
             name, value = label_value(request, self.labels if isinstance(self.labels, dict) else {})
+            scope = (session_key, name, self.provider.weights_stamp)
+            answer, how, decoder_ms = self._answer(session, scope, prompts)
             label = np.zeros(vol.spatial_shape, dtype=np.uint8)
             if prompts.slice_index is None:
-                label[out.mask] = value
+                label[answer.mask] = value
             else:
-                label[prompts.slice_index][out.mask] = value
+                label[prompts.slice_index][answer.mask] = value
             ext = request.get("result_extension") or result_extension(vol)
             path = save_label_like(label, vol, tempfile.NamedTemporaryFile(suffix=ext, delete=False).name)
         total = (time.perf_counter() - t0) * 1e3
@@ -104,11 +127,28 @@ class InteractiveInfer(InferTask):
             "backend": self.provider.name,
             "weights": self.provider.tool.weights,
             "slice": prompts.slice_index,
-            "score": out.score,
+            "score": answer.score,
+            "answer": how,
             "latencies": {
                 "encoder_ms": 0.0 if cached else session.encoder_ms,
-                "decoder_ms": out.decoder_ms,
+                "decoder_ms": decoder_ms,
                 "total_ms": total,
                 "embedding_cached": cached,
             },
         }
+
+    def _answer(self, session, scope, prompts) -> tuple[Answer, str, float]:
+        """The request's mask and how it was made: ``decoded``, ``merged`` (onto the answer of the same
+        prompts minus the new click) or ``repeated`` (these prompts were answered before); decoder ms."""
+        box, points, labels = prompts.box, prompts.points, prompts.labels
+        seen = self.history.get(scope, box, points, labels)
+        if seen is not None:
+            return seen, "repeated", 0.0
+        out = session.predict(box=box, points=points, labels=labels)
+        answer, how = Answer(out.mask, out.score), "decoded"
+        earlier = self.history.previous(scope, box, points, labels) if self.local_radius else None
+        if earlier is not None:
+            before, (x, y, _) = earlier
+            answer, how = Answer(local_merge(before.mask, out.mask, (x, y), self.local_radius), out.score), "merged"
+        self.history.remember(scope, box, points, labels, answer)
+        return answer, how, out.decoder_ms

@@ -135,6 +135,19 @@ def _next_click(pred: np.ndarray, gt: np.ndarray, clicks: list[Point], alt_prob:
     return cands[0]
 
 
+def _continue(pred: np.ndarray, gt: np.ndarray, clicks: list[Point], turn: int, budget: int, alt_prob: float,
+              rng) -> bool:
+    """After ``turn``'s answer ``pred``: append the next corrective click; False when the session ends
+    (its budget is spent, or the mask already is the ground truth)."""
+    if turn >= budget:
+        return False
+    click = _next_click(pred, gt, clicks, alt_prob, rng)
+    if click is None:
+        return False
+    clicks.append(click)
+    return True
+
+
 def run_sessions(
     backend: TrainableBackend,
     embeddings: torch.Tensor,
@@ -213,14 +226,9 @@ def run_sessions(
                     pred = backend.to_original(low[j, 0].detach(), items[i].resized, items[i].shape)
                     trace.dice[i].append(dice(pred, items[i].gt))
                     trace.iou[i].append(iou(pred, items[i].gt))
-                    if turn >= plan.budgets[i] or (plan.stop_iou is not None and trace.iou[i][-1] >= plan.stop_iou):
-                        active[i] = False
-                        continue
-                    click = _next_click(pred, items[i].gt, clicks[i], plan.alt_click_prob, rng)
-                    if click is None:
-                        active[i] = False  # the mask is already the ground truth
-                    else:
-                        clicks[i].append(click)
+                    stopped = plan.stop_iou is not None and trace.iou[i][-1] >= plan.stop_iou
+                    active[i] = not stopped and _continue(pred, items[i].gt, clicks[i], turn, plan.budgets[i],
+                                                          plan.alt_click_prob, rng)
         turn += 1
     if grad:
         trace.loss = torch.stack(terms).sum() / max(n, 1) if terms else None
@@ -244,3 +252,99 @@ def _decode(backend, embeddings, items, plan, mode, sub, clicks, prev, turn, has
     if mode is not Prompting.ALL and turn > 0:
         logits = torch.cat([prev[i] for i in sub])
     return backend.decode(emb, shapes, boxes, points, labels, logits)
+
+
+@dataclass
+class LiveSession:
+    """One simulated session carried across optimizer steps, advanced one turn per step.
+
+    Continued-session training: instead of replaying a session's earlier turns without gradients in
+    every step (``run_sessions``: 3.1 decoder calls per step for budgets uniform in 0..4), each step
+    decodes the next turn of sessions already in flight, with gradients, and keeps the answer as the
+    state the next click is chosen from. Every turn of a session is trained once, so a pool of sessions
+    with budget K trains turns 0..K equally often, as final-turn training with budgets uniform in 0..K
+    does, at one decoder call per step. The earlier turns were answered by weights a few steps older
+    (the pool's size): the prompts and fed-back logits a turn sees are, as at inference, data.
+
+    Attributes:
+        item: the target.
+        box: the first box (x0, y0, x1, y1 inclusive pixels), or None for a click-first session.
+        budget: corrective clicks after the first prompt.
+        prompting: which prompts reach the model each turn.
+        clicks: clicks placed so far (original pixels), the click-first session's first click included.
+        prev: (1, 1, L, L) detached logits of the last turn, or None before the first.
+        turn: the next turn to decode (0 = first prompt).
+        done: the session has ended (budget spent, mask perfect, or empty ground truth).
+    """
+
+    item: ClickTarget
+    box: Box | None
+    budget: int
+    prompting: Prompting = Prompting.ALL
+    clicks: list[Point] = field(default_factory=list)
+    prev: torch.Tensor | None = None
+    turn: int = 0
+    done: bool = False
+
+    def __post_init__(self) -> None:
+        self.prompting = Prompting(self.prompting)
+        if self.budget < 0:
+            raise ValueError(f"click budget must be >= 0, got {self.budget}")
+        if self.box is None and not self.clicks:  # click-first: the best click on an empty mask
+            first = _next_click(np.zeros(self.item.shape, dtype=bool), self.item.gt, [], 0.0, None)
+            if first is None:
+                self.done = True  # empty ground truth: nothing to segment
+            else:
+                self.clicks.append(first)
+
+
+def advance_sessions(
+    backend: TrainableBackend,
+    embeddings: torch.Tensor,
+    sessions: Sequence[LiveSession],
+    *,
+    no_harm_weight: float = 0.0,
+    bce_weight: float = 1.0,
+    dice_weight: float = 1.0,
+    alt_click_prob: float = 0.0,
+    rng: np.random.Generator | None = None,
+) -> torch.Tensor | None:
+    """Decode the next turn of each unfinished session with gradients and advance it.
+
+    Sessions at the same turn with the same first-prompt kind and prompting mode share a decoder call.
+    The loss and ``no_harm_weight`` are those of ``run_sessions`` at a session's last turn.
+
+    Args:
+        embeddings: (N, C, h, w) cached embeddings; ``session.item.index`` selects a row.
+        sessions: updated in place (clicks, prev, turn, done).
+
+    Returns:
+        The mean loss over the sessions decoded, or None when every session had already ended.
+    """
+    size = backend.low_res
+    live = [s for s in sessions if not s.done]
+    groups: dict[tuple, list[LiveSession]] = {}
+    for s in live:
+        groups.setdefault((s.turn, s.box is not None, s.prompting), []).append(s)
+    terms: list[torch.Tensor] = []
+    for (turn, has_box, mode), group in groups.items():
+        items = [s.item for s in group]
+        plan = SessionPlan([s.box for s in group], [s.budget for s in group], mode)
+        sub = list(range(len(group)))
+        low = _decode(backend, embeddings, items, plan, mode, sub, [s.clicks for s in group],
+                      [s.prev for s in group], turn, has_box)
+        target = torch.stack([it.target for it in items]).to(low.device)
+        valid = _valid(items, size).to(low.device)
+        per_item = segmentation_loss(low[:, 0], target, valid, bce_weight, dice_weight)
+        terms.append(per_item.sum())
+        before = [j for j, s in enumerate(group) if s.prev is not None]
+        if no_harm_weight > 0 and before:
+            prev_logits = torch.cat([group[j].prev for j in before])[:, 0].to(low.device)
+            prev_loss = segmentation_loss(prev_logits, target[before], valid[before], bce_weight, dice_weight)
+            terms.append(no_harm_weight * F.relu(per_item[before] - prev_loss).sum())
+        for j, s in enumerate(group):
+            s.prev = low[j : j + 1].detach()
+            pred = backend.to_original(s.prev[0, 0], s.item.resized, s.item.shape)
+            s.done = not _continue(pred, s.item.gt, s.clicks, s.turn, s.budget, alt_click_prob, rng)
+            s.turn += 1
+    return torch.stack(terms).sum() / len(live) if terms else None

@@ -27,6 +27,7 @@ import json
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -40,7 +41,7 @@ from tqdm.auto import tqdm
 from lib.agent.clicks import jittered_box
 from lib.data.dataset import Case, Dataset, split_cases
 from lib.learning.adapted_weights import publish_adapted
-from lib.learning.click_sessions import SessionPlan, run_sessions
+from lib.learning.click_sessions import LiveSession, SessionPlan, advance_sessions, run_sessions
 from lib.learning.embedding_cache import EmbeddingCache
 from lib.learning.tool_backends import TrainableBackend, make_backend
 from lib.learning.tool_curves import plot_learning_curves
@@ -109,16 +110,29 @@ def validate(
     }
 
 
+def _first_box(data: SliceSet, i: int, rng: np.random.Generator, cfg: ToolFinetuneConfig):
+    """A jittered box (``box_first_prob``) or None (a click-first session)."""
+    return jittered_box(data.items[i].gt, rng, cfg.box_jitter) if rng.random() < cfg.box_first_prob else None
+
+
+def _prompting(rng: np.random.Generator, cfg: ToolFinetuneConfig) -> Prompting:
+    modes = sorted(cfg.prompting_mix)
+    p = np.array([float(cfg.prompting_mix[m]) for m in modes])
+    return Prompting(modes[int(rng.choice(len(modes), p=p / p.sum()))])
+
+
 def sample_plan(n: int, data: SliceSet, picks: Sequence[int], rng: np.random.Generator,
                 cfg: ToolFinetuneConfig) -> SessionPlan:
     """Random first prompts, click budgets (uniform 0..max_clicks) and one prompting mode for a batch."""
-    boxes = [jittered_box(data.items[i].gt, rng, cfg.box_jitter) if rng.random() < cfg.box_first_prob else None
-             for i in picks]
+    boxes = [_first_box(data, i, rng, cfg) for i in picks]
     budgets = [int(b) for b in rng.integers(0, cfg.max_clicks + 1, size=n)]
-    modes = sorted(cfg.prompting_mix)
-    p = np.array([float(cfg.prompting_mix[m]) for m in modes])
-    mode = Prompting(modes[int(rng.choice(len(modes), p=p / p.sum()))])
-    return SessionPlan(boxes, budgets, mode, alt_click_prob=cfg.alt_click_prob)
+    return SessionPlan(boxes, budgets, _prompting(rng, cfg), alt_click_prob=cfg.alt_click_prob)
+
+
+def new_live_session(data: SliceSet, rng: np.random.Generator, cfg: ToolFinetuneConfig) -> LiveSession:
+    """A fresh continued session: a (label-balanced) item, its first prompt, budget ``max_clicks``, a mode."""
+    i = sample_items(data, 1, rng, cfg.balance_labels)[0]
+    return LiveSession(data.items[i], _first_box(data, i, rng, cfg), cfg.max_clicks, _prompting(rng, cfg))
 
 
 def sample_items(data: SliceSet, n: int, rng: np.random.Generator, balance_labels: bool = True) -> list[int]:
@@ -205,23 +219,34 @@ class ToolFinetuner:
         best = (before["score"], 0, self.backend.trainable_state_dict(), before)
         bad, step = 0, 0
         bar = tqdm(range(1, c.steps + 1), desc="fine-tune", unit="step", disable=not c.progress, mininterval=2.0)
+        pool: deque[LiveSession] = deque()  # continued sessions in flight (live_sessions > 0), oldest first
         for step in bar:
-            picks = sample_items(train, c.batch_size, rng, c.balance_labels)
-            items = [train.items[i] for i in picks]
-            plan = sample_plan(len(items), train, picks, rng, c)
-            trace = run_sessions(self.backend, train.embeddings, items, plan, grad=True,
-                                 intermediate_weight=c.intermediate_weight, no_harm_weight=c.no_harm_weight,
-                                 bce_weight=c.bce_weight,
-                                 dice_weight=c.dice_weight, rng=rng)
-            if trace.loss is not None:
+            if c.live_sessions:
+                while len(pool) < c.live_sessions:
+                    pool.append(new_live_session(train, rng, c))
+                batch = [pool.popleft() for _ in range(c.batch_size)]
+                loss_t = advance_sessions(self.backend, train.embeddings, batch, no_harm_weight=c.no_harm_weight,
+                                          bce_weight=c.bce_weight, dice_weight=c.dice_weight,
+                                          alt_click_prob=c.alt_click_prob, rng=rng)
+                pool.extend(s for s in batch if not s.done)
+                mode = batch[0].prompting.value
+            else:
+                picks = sample_items(train, c.batch_size, rng, c.balance_labels)
+                items = [train.items[i] for i in picks]
+                plan = sample_plan(len(items), train, picks, rng, c)
+                loss_t = run_sessions(self.backend, train.embeddings, items, plan, grad=True,
+                                      intermediate_weight=c.intermediate_weight, no_harm_weight=c.no_harm_weight,
+                                      bce_weight=c.bce_weight, dice_weight=c.dice_weight, rng=rng).loss
+                mode = plan.prompting.value
+            if loss_t is not None:
                 opt.zero_grad(set_to_none=True)
-                trace.loss.backward()
+                loss_t.backward()
                 if c.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(params, c.grad_clip)
                 opt.step()
-                loss = float(trace.loss.detach())
+                loss = float(loss_t.detach())
                 history["train"].append({"step": step, "loss": round(loss, 5), "t": round(time.perf_counter() - t0, 2),
-                                         "lr": sched.get_last_lr()[0], "mode": plan.prompting.value})
+                                         "lr": sched.get_last_lr()[0], "mode": mode})
                 bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
             sched.step()
             if step % c.val_every == 0 or step == c.steps:

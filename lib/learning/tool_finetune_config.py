@@ -49,7 +49,14 @@ class ToolFinetuneConfig:
         "extra decoder call)", 0.0
     )
     # -- simulated sessions --------------------------------------------------------------------
-    max_clicks: int = _help("a session's corrective clicks are uniform in 0..max_clicks after the first prompt", 4)
+    live_sessions: int = _help(
+        "continued-session training: this many sessions stay in flight across steps and each step decodes the "
+        "next turn of batch_size of them (one decoder call per session-step; every session runs all max_clicks "
+        "clicks, so turns 0..max_clicks are trained equally often). 0 = every step replays whole sessions with "
+        "budgets uniform in 0..max_clicks, the loss on the last turn (3.1 decoder calls per session-step)", 8
+    )
+    max_clicks: int = _help("corrective clicks after the first prompt: a session's budget (uniform in "
+                            "0..max_clicks when live_sessions is 0)", 4)
     box_first_prob: float = _help(
         "share of sessions that start with a jittered box (the rest: a positive interior click, as NoC does)", 0.8
     )
@@ -86,7 +93,7 @@ class ToolFinetuneConfig:
         for name in positive:
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup_steps", "max_clicks", "val_clicks", "patience", "threads", "min_area"):
+        for name in ("warmup_steps", "max_clicks", "val_clicks", "patience", "threads", "min_area", "live_sessions"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.min_area < 1:
@@ -97,6 +104,12 @@ class ToolFinetuneConfig:
                      "min_delta"):
             if float(getattr(self, name)) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.live_sessions and self.live_sessions < self.batch_size:
+            raise ValueError(f"live_sessions ({self.live_sessions}) must be 0 or >= batch_size ({self.batch_size}): "
+                             "each step advances batch_size of the sessions in flight")
+        if self.live_sessions and self.intermediate_weight:
+            raise ValueError("intermediate_weight applies to replayed sessions only (live_sessions: 0); with live "
+                             "sessions every turn already gets the full loss once")
         if self.bce_weight + self.dice_weight <= 0:
             raise ValueError("bce_weight + dice_weight must be > 0, or the loss is zero")
         for name in ("box_first_prob", "alt_click_prob"):

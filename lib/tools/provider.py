@@ -97,6 +97,13 @@ class ToolProvider:
                 logger.info("loaded %s (%s) in %.1fs", self.name, self._tool.weights, time.perf_counter() - t0)
             return self._tool
 
+    @property
+    def weights_stamp(self) -> float | None:
+        """Identifies the weights being served (the adapted file's mtime; None = released): answers
+        remembered under one stamp are not served under another."""
+        self.tool  # noqa: B018  (loads, or reloads newly published weights, first)
+        return self._mtime
+
     def session(self, key: Hashable, image: Callable[[], np.ndarray]) -> tuple[ToolSession, bool]:
         """Cached session for ``key`` (which must identify image, slice and windowing), encoding
         ``image()`` on a miss. Returns (session, was_cached)."""

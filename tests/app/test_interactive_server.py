@@ -94,6 +94,48 @@ def test_second_request_on_the_same_slice_skips_the_encoder(server, tmp_path):
     assert res["latencies"]["embedding_cached"] is True and res["latencies"]["encoder_ms"] == 0.0
 
 
+def _expert_click(pred: np.ndarray, gt: np.ndarray, k: int) -> tuple[str, list[int]]:
+    """The corrective click an annotator makes: deepest pixel of the largest error region, IJK."""
+    regions = []
+    for error, kind in ((gt & ~pred, "foreground"), (pred & ~gt, "background")):
+        components, n = ndimage.label(error)
+        regions += [(components == c, kind) for c in range(1, n + 1)]
+    region, kind = max(regions, key=lambda r: r[0].sum())
+    dt = ndimage.distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1]
+    i, j = np.unravel_index(dt.argmax(), dt.shape)
+    return kind, [int(i), int(j), k]
+
+
+def test_slicer_clicks_are_merged_near_the_click_and_undo_gives_the_earlier_answer(server, tmp_path):
+    """Each request carries all clicks; one that adds a click to the last request is that session's next
+    turn, and its answer only changes the mask near the new click (the local merge agent episodes use)."""
+    client = MONAILabelClient(server.url, tmpdir=str(tmp_path))
+    value = client.info()["labels"].index("pancreas") + 1
+    image_id, label_path = labelled_ct(server.studies)
+    k, m, _, roi = organ_prompt(ijk(label_path), value)
+    params = {"foreground": [], "background": [], "roi": roi, "label": "pancreas", "slice": k}
+    out_file, res = client.infer("litemedsam", image_id, params)
+    assert res["answer"] == "decoded"
+    masks, answers = [ijk(out_file)[:, :, k] > 0], [params]
+    for _ in range(2):
+        kind, click = _expert_click(masks[-1], m, k)
+        params = {**params, kind: params[kind] + [click]}
+        out_file, res = client.infer("litemedsam", image_id, params)
+        new = ijk(out_file)[:, :, k] > 0
+        assert res["answer"] == "merged", res
+        # whatever changed lies within 0.5 x the earlier mask's equivalent radius of the click
+        radius = max(0.5 * np.sqrt(masks[-1].sum() / np.pi), 2.0)
+        ii, jj = np.nonzero(new ^ masks[-1])
+        assert ((ii - click[0]) ** 2 + (jj - click[1]) ** 2 <= radius**2 + 1e-6).all(), (click, radius)
+        masks.append(new)
+        answers.append(params)
+    # the same prompts again, or an undo back to the box alone, give the answers the user saw
+    for params, mask in ((answers[1], masks[1]), (answers[0], masks[0])):
+        out_file, res = client.infer("litemedsam", image_id, params)
+        assert res["answer"] == "repeated" and res["latencies"]["decoder_ms"] == 0.0
+        assert np.array_equal(ijk(out_file)[:, :, k] > 0, mask)
+
+
 def _post_infer(server, model, image, params):
     return requests.post(f"{server.url}/infer/{model}", params={"image": image, "output": "json"},
                          data={"params": json.dumps(params)}, timeout=120)

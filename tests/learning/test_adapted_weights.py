@@ -52,8 +52,8 @@ def test_training_that_raises_publishes_nothing(ft, tmp_path, monkeypatch):
             raise RuntimeError("killed mid-run")
         return real(*a, **k)
 
-    real = tool_finetune.run_sessions
-    monkeypatch.setattr(tool_finetune, "run_sessions", crash)
+    real = tool_finetune.advance_sessions
+    monkeypatch.setattr(tool_finetune, "advance_sessions", crash)
     cfg = tool_finetune.ToolFinetuneConfig(steps=5, val_every=5, val_fraction=0.5, val_noc_max_clicks=1,
                                            val_clicks=0, cache_dir=str(ft.cache_dir), progress=False)
     monkeypatch.setattr(tool_finetune, "validate", lambda *a, **k: {"score": 0.0, "dice_per_click": [0.0],

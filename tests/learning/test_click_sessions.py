@@ -8,7 +8,7 @@ import torch
 
 from lib.agent.clicks import corrective_click, jittered_box, not_clicked_map
 from lib.agent.metrics import dice
-from lib.learning.click_sessions import SessionPlan, run_sessions, segmentation_loss
+from lib.learning.click_sessions import LiveSession, SessionPlan, advance_sessions, run_sessions, segmentation_loss
 from lib.learning.embedding_cache import CachedEmbedding
 from lib.tools.interaction import Interaction, Prompting
 
@@ -72,3 +72,29 @@ def test_no_harm_term_adds_exactly_the_loss_increase_of_the_last_click(ft):
     # the batch loss is the mean over the 2 sessions: + 2.0 * relu(increase) / 2
     assert harm - base == pytest.approx(max(l_click - l_box, 0.0), abs=1e-5)
     assert loss(items, boxes, [0, 0], no_harm_weight=2.0) == pytest.approx(loss(items, boxes, [0, 0]), abs=1e-6)
+
+
+@pytest.mark.parametrize("mode", [Prompting.ALL, Prompting.ALL_LOGITS])
+def test_live_sessions_advanced_turn_by_turn_replay_a_whole_session(ft, mode):
+    """Continued-session training: advancing sessions one turn per call (with gradients) places the same
+    clicks and decodes the same masks as running the whole session at once, when the weights do not move."""
+    ft.reset()
+    items = [ft.train.items[i % len(ft.train.items)] for i in range(3)]  # one item may run twice
+    rng = np.random.default_rng(2)
+    boxes = [jittered_box(items[0].gt, rng), None, jittered_box(items[2].gt, rng)]
+    budgets = [2, 1, 0]
+    with torch.no_grad():
+        whole = run_sessions(ft.backend, ft.train.embeddings, items, SessionPlan(boxes, budgets, mode))
+    live = [LiveSession(it, b, k, mode) for it, b, k in zip(items, boxes, budgets)]
+    losses = []
+    while not all(s.done for s in live):
+        loss = advance_sessions(ft.backend, ft.train.embeddings, live)
+        assert loss is not None and loss.requires_grad
+        losses.append(float(loss))
+    assert advance_sessions(ft.backend, ft.train.embeddings, live) is None  # nothing left to decode
+    assert len(losses) == max(budgets) + 1
+    assert [s.clicks for s in live] == whole.clicks
+    assert [s.turn for s in live] == [len(d) for d in whole.dice]
+    last = [ft.backend.to_original(s.prev[0, 0], s.item.resized, s.item.shape) for s in live]
+    np.testing.assert_allclose([dice(m, s.item.gt) for m, s in zip(last, live)], [d[-1] for d in whole.dice],
+                               atol=1e-6)

@@ -53,7 +53,7 @@ def test_steps_lower_the_loss_and_change_only_prompt_encoder_and_decoder(ft):
 
 def test_finetune_reuses_the_cache_writes_outputs_and_publishes(ft, tmp_path):
     ft.reset()
-    cfg = ToolFinetuneConfig(steps=3, val_every=3, batch_size=2, val_fraction=0.5, max_clicks=1,
+    cfg = ToolFinetuneConfig(steps=3, val_every=3, batch_size=2, live_sessions=0, val_fraction=0.5, max_clicks=1,
                              val_clicks=1, val_noc_max_clicks=2, warmup_steps=1, cache_dir=str(ft.cache_dir),
                              progress=False)
     calls = ft.backend.encoder_calls
@@ -77,6 +77,36 @@ def test_finetune_reuses_the_cache_writes_outputs_and_publishes(ft, tmp_path):
     ft.reset()
 
 
+def test_live_session_training_trains_every_step(ft, monkeypatch):
+    """live_sessions: each step advances one session in flight by one decoder call, with gradients."""
+    from lib.learning import tool_finetune
+
+    ft.reset()
+    calls = []
+    real = tool_finetune.advance_sessions
+
+    def counted(backend, embeddings, sessions, **kw):
+        calls.append([(s, s.turn) for s in sessions])  # holding them keeps their ids unique
+        return real(backend, embeddings, sessions, **kw)
+
+    monkeypatch.setattr(tool_finetune, "advance_sessions", counted)
+    cfg = ToolFinetuneConfig(steps=6, val_every=6, live_sessions=2, max_clicks=1, val_fraction=0.5, val_clicks=1,
+                             val_noc_max_clicks=2, warmup_steps=1, cache_dir=str(ft.cache_dir), progress=False)
+    result = tool_finetune.ToolFinetuner(cfg, backend=ft.backend).fit(ft.train, ft.val)
+    assert [h["step"] for h in result.history["train"]] == list(range(1, 7))  # a loss at every step
+    assert all(np.isfinite(h["loss"]) for h in result.history["train"])
+    assert all(len(c) == 1 for c in calls) and len(calls) == 6  # batch_size 1: one session per step
+    # two sessions in flight, taken in turn: each runs its first prompt (turn 0), then its one click (turn 1),
+    # and a finished session is replaced by a new one
+    turns: dict[int, list[int]] = {}
+    for ((session, turn),) in calls:
+        turns.setdefault(id(session), []).append(turn)
+    assert list(turns.values()) == [[0, 1], [0, 1], [0], [0]]
+    first = [id(c[0][0]) for c in calls[:4]]
+    assert first[0] != first[1] and first == first[:2] * 2
+    ft.reset()
+
+
 def test_config_validation_and_recipes():
     with pytest.raises(ValueError, match="steps"):
         ToolFinetuneConfig(steps=0)
@@ -84,6 +114,10 @@ def test_config_validation_and_recipes():
         ToolFinetuneConfig(prompting_mix={"sometimes": 1.0})
     with pytest.raises(ValueError, match="unknown tool fine-tuning option"):
         ToolFinetuneConfig.from_dict({"stepz": 3})
+    with pytest.raises(ValueError, match="live_sessions"):
+        ToolFinetuneConfig(live_sessions=1, batch_size=2)
+    with pytest.raises(ValueError, match="intermediate_weight"):
+        ToolFinetuneConfig(live_sessions=4, intermediate_weight=1.0)
     cfg = ToolFinetuneConfig.from_yaml(ROOT / "configs" / "tool_finetune.yaml", steps=7)
     assert cfg.steps == 7 and cfg.backend == "litemedsam" and cfg.ct_window == (40.0, 400.0)
 
