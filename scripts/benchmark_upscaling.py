@@ -59,22 +59,18 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
     from lib.agent.clicks import jittered_box
-    from lib.data.dataset import Dataset, split_cases
+    from lib.data.dataset import Dataset
     from lib.learning.click_sessions import run_sessions
     from lib.learning.embedding_cache import EmbeddingCache
     from lib.learning.recipe import load_recipe
-    from lib.learning.tool_data import build_slice_set
-    from lib.learning.tool_finetune import ToolFinetuner, sample_items, sample_plan
+    from lib.learning.tool_finetune import ToolFinetuner, prepare_slices, sample_items, sample_plan
     from lib.learning.tool_finetune_config import ToolFinetuneConfig
 
     cfg = load_recipe(ToolFinetuneConfig, args.config, progress=False)
     ds = Dataset.from_dir(args.dataset)
-    train_cases, _ = split_cases(list(ds.training), cfg.val_fraction, cfg.seed)
     tuner = ToolFinetuner(cfg)
     backend = tuner.backend
-    data = build_slice_set(ds, train_cases, backend, EmbeddingCache(cfg.cache_dir), labels=cfg.labels, axis=cfg.axis,
-                           min_area=cfg.min_area, max_per_case=cfg.max_per_case, ct_window=cfg.ct_window,
-                           progress=False)
+    data, _ = prepare_slices(ds, ds.training, cfg, backend, EmbeddingCache(cfg.cache_dir))
     ups = [m for m in backend.net.mask_decoder.output_upscaling if isinstance(m, nn.ConvTranspose2d)]
     variants = {"conv_transpose": nn.ConvTranspose2d, "gemm": GemmConvTranspose2d}
     params = backend.parameters()

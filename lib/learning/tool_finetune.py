@@ -202,6 +202,32 @@ class ToolFinetuner:
         frac = (step - c.warmup_steps) / max(1, c.steps - c.warmup_steps)
         return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, frac)))
 
+    def session_loss(self, train: SliceSet, pool: deque[LiveSession],
+                     rng: np.random.Generator) -> tuple[torch.Tensor | None, str]:
+        """One step's loss (with gradients) and the prompting mode it trained.
+
+        With ``live_sessions``: tops ``pool`` (the sessions in flight, oldest first; updated in place) up
+        to ``live_sessions``, advances the ``batch_size`` oldest by one turn and puts back those not done.
+        Without: ``batch_size`` new sessions replayed to their last turn.
+        """
+        c = self.cfg
+        if c.live_sessions:
+            while len(pool) < c.live_sessions:
+                pool.append(new_live_session(train, rng, c))
+            batch = [pool.popleft() for _ in range(c.batch_size)]
+            loss = advance_sessions(self.backend, train.embeddings, batch, no_harm_weight=c.no_harm_weight,
+                                    bce_weight=c.bce_weight, dice_weight=c.dice_weight,
+                                    alt_click_prob=c.alt_click_prob, rng=rng)
+            pool.extend(s for s in batch if not s.done)
+            return loss, batch[0].prompting.value
+        picks = sample_items(train, c.batch_size, rng, c.balance_labels)
+        items = [train.items[i] for i in picks]
+        plan = sample_plan(len(items), train, picks, rng, c)
+        trace = run_sessions(self.backend, train.embeddings, items, plan, grad=True,
+                             intermediate_weight=c.intermediate_weight, no_harm_weight=c.no_harm_weight,
+                             bce_weight=c.bce_weight, dice_weight=c.dice_weight, rng=rng)
+        return trace.loss, plan.prompting.value
+
     def fit(self, train: SliceSet, val: SliceSet) -> FinetuneResult:
         """Optimise on ``train``, select on ``val``; returns the best state (the released one if nothing beat it)."""
         c = self.cfg
@@ -219,25 +245,9 @@ class ToolFinetuner:
         best = (before["score"], 0, self.backend.trainable_state_dict(), before)
         bad, step = 0, 0
         bar = tqdm(range(1, c.steps + 1), desc="fine-tune", unit="step", disable=not c.progress, mininterval=2.0)
-        pool: deque[LiveSession] = deque()  # continued sessions in flight (live_sessions > 0), oldest first
+        pool: deque[LiveSession] = deque()
         for step in bar:
-            if c.live_sessions:
-                while len(pool) < c.live_sessions:
-                    pool.append(new_live_session(train, rng, c))
-                batch = [pool.popleft() for _ in range(c.batch_size)]
-                loss_t = advance_sessions(self.backend, train.embeddings, batch, no_harm_weight=c.no_harm_weight,
-                                          bce_weight=c.bce_weight, dice_weight=c.dice_weight,
-                                          alt_click_prob=c.alt_click_prob, rng=rng)
-                pool.extend(s for s in batch if not s.done)
-                mode = batch[0].prompting.value
-            else:
-                picks = sample_items(train, c.batch_size, rng, c.balance_labels)
-                items = [train.items[i] for i in picks]
-                plan = sample_plan(len(items), train, picks, rng, c)
-                loss_t = run_sessions(self.backend, train.embeddings, items, plan, grad=True,
-                                      intermediate_weight=c.intermediate_weight, no_harm_weight=c.no_harm_weight,
-                                      bce_weight=c.bce_weight, dice_weight=c.dice_weight, rng=rng).loss
-                mode = plan.prompting.value
+            loss_t, mode = self.session_loss(train, pool, rng)
             if loss_t is not None:
                 opt.zero_grad(set_to_none=True)
                 loss_t.backward()
@@ -272,6 +282,18 @@ class ToolFinetuner:
                               train_seconds=time.perf_counter() - t0, val_seconds=val_seconds)
 
 
+def prepare_slices(dataset: Dataset, cases: Sequence[Case], cfg: ToolFinetuneConfig, backend: TrainableBackend,
+                   cache: EmbeddingCache) -> tuple[SliceSet, SliceSet]:
+    """The (train, validation) slice sets of ``cases``, split by case (``cfg.val_fraction``, ``cfg.seed``), with
+    their embeddings from ``cache`` (encoded on a miss); validation capped at ``cfg.max_val_samples`` items."""
+    train_cases, val_cases = split_cases(list(cases), cfg.val_fraction, cfg.seed)
+    kw = dict(labels=cfg.labels, axis=cfg.axis, min_area=cfg.min_area, max_per_case=cfg.max_per_case,
+              ct_window=cfg.ct_window, progress=cfg.progress)
+    train = build_slice_set(dataset, train_cases, backend, cache, desc="train slices", **kw)
+    val = build_slice_set(dataset, val_cases, backend, cache, desc="val slices", **kw)
+    return train, val.subset(cfg.max_val_samples)
+
+
 def finetune(
     dataset: Dataset,
     cfg: ToolFinetuneConfig,
@@ -302,15 +324,11 @@ def finetune(
     cases = list(cases if cases is not None else dataset.training)
     if len(cases) < 2:
         raise ValueError(f"fine-tuning needs >= 2 labelled cases (one is held out for validation), got {len(cases)}")
-    train_cases, val_cases = split_cases(cases, cfg.val_fraction, cfg.seed)
     tuner = ToolFinetuner(cfg, backend=backend, on_validation=on_validation)
     cache = EmbeddingCache(cfg.cache_dir)
     encoder_calls0 = getattr(tuner.backend, "encoder_calls", 0)
-    kw = dict(labels=cfg.labels, axis=cfg.axis, min_area=cfg.min_area, max_per_case=cfg.max_per_case,
-              ct_window=cfg.ct_window, progress=cfg.progress)
     t0 = time.perf_counter()
-    train = build_slice_set(dataset, train_cases, tuner.backend, cache, desc="train slices", **kw)
-    val = build_slice_set(dataset, val_cases, tuner.backend, cache, desc="val slices", **kw).subset(cfg.max_val_samples)
+    train, val = prepare_slices(dataset, cases, cfg, tuner.backend, cache)
     prepare_seconds = time.perf_counter() - t0
     logger.info("data: %d train items (%d slices), %d val items; cache %d hits / %d misses in %.1fs",
                 len(train.items), train.n_slices, len(val.items), cache.hits, cache.misses, prepare_seconds)
