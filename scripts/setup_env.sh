@@ -32,3 +32,12 @@ export MONAI_LABEL_TRACKING_ENABLED="${MONAI_LABEL_TRACKING_ENABLED:-false}"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 # files (JSON, READMEs) are UTF-8 whatever the machine locale is
 export PYTHONUTF8=1
+# glibc malloc: serve the models' large temporaries from the heap and keep freed memory (up to 1 GiB)
+# instead of mmap-ing and page-faulting them in on every call. Measured side by side (BENCHMARKS.md,
+# issue 2, scripts/benchmark_malloc.py): LiteMedSAM's encoder 1.65x faster, peak RSS +35-220 MB.
+# Read at process start, so it only reaches processes started from this shell; set
+# MEDSAM_AGENT_MALLOC_TUNING=0 to keep glibc's defaults.
+MALLOC_TUNING="glibc.malloc.mmap_threshold=268435456:glibc.malloc.trim_threshold=1073741824"
+if [ "${MEDSAM_AGENT_MALLOC_TUNING:-1}" != 0 ] && [[ ":${GLIBC_TUNABLES:-}:" != *":$MALLOC_TUNING:"* ]]; then
+  export GLIBC_TUNABLES="${GLIBC_TUNABLES:+$GLIBC_TUNABLES:}$MALLOC_TUNING"
+fi
