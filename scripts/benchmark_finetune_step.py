@@ -4,8 +4,8 @@
 Replayed (``live_sessions: 0``): every step runs new sessions from their first prompt to their last turn
 without gradients and decodes the last turn with them: 3.1 decoder calls per step for budgets uniform in
 0..4. Live (``live_sessions: N``): N sessions stay in flight and each step decodes the next turn of one
-of them, with gradients: one decoder call per step. Both run ``ToolFinetuner.session_loss`` + backward
-+ clipping + AdamW, exactly as ``fit`` does, on the same cached embeddings, in interleaved blocks
+of them, with gradients: one decoder call per step. Both run ``ToolFinetuner.optimizer_step`` (sessions,
+backward, clipping, AdamW), exactly as ``fit`` does, on the same cached embeddings, in interleaved blocks
 (A B A B ...) in one process, so machine-speed drift hits both alike. Needs the embedding cache of a
 ``scripts/train_tool.py`` run on the same dataset (it encodes missing slices otherwise).
 
@@ -69,12 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             rng = np.random.default_rng(block)
             t0 = time.perf_counter()
             for _ in range(args.steps):
-                loss, _ = tuner.session_loss(data, pools[current], rng)
-                if loss is not None:
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                    opt.step()
+                tuner.optimizer_step(data, pools[current], rng, opt, params)
             times[current].append((time.perf_counter() - t0) / args.steps)
     out = {name: {"ms_per_step": round(1000 * float(np.median(t)), 1),
                   "decoder_calls_per_step": round(decodes[name] / (args.blocks * args.steps), 2)}

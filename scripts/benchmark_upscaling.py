@@ -19,10 +19,12 @@ with, backward, AdamW) and one inference decode (box prompt, no gradients). Need
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 import time
+from collections import deque
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,13 +62,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from lib.agent.clicks import jittered_box
     from lib.data.dataset import Dataset
-    from lib.learning.click_sessions import run_sessions
     from lib.learning.embedding_cache import EmbeddingCache
     from lib.learning.recipe import load_recipe
-    from lib.learning.tool_finetune import ToolFinetuner, prepare_slices, sample_items, sample_plan
+    from lib.learning.tool_finetune import ToolFinetuner, prepare_slices
     from lib.learning.tool_finetune_config import ToolFinetuneConfig
 
-    cfg = load_recipe(ToolFinetuneConfig, args.config, progress=False)
+    # the replayed-session step this was measured on (stop 9), whatever the recipe's live_sessions
+    cfg = dataclasses.replace(load_recipe(ToolFinetuneConfig, args.config, progress=False), live_sessions=0)
     ds = Dataset.from_dir(args.dataset)
     tuner = ToolFinetuner(cfg)
     backend = tuner.backend
@@ -93,13 +95,10 @@ def main(argv: list[str] | None = None) -> int:
             rng = np.random.default_rng(block)  # the same sessions for both variants in a block
             t0 = time.perf_counter()
             for _ in range(args.steps):
-                picks = sample_items(data, cfg.batch_size, rng, cfg.balance_labels)
-                items = [data.items[i] for i in picks]
-                trace = run_sessions(backend, data.embeddings, items, sample_plan(len(items), data, picks, rng, cfg),
-                                     grad=True, rng=rng)
-                if trace.loss is not None:
+                loss, _ = tuner.session_loss(data, deque(), rng)
+                if loss is not None:
                     opt.zero_grad(set_to_none=True)
-                    trace.loss.backward()
+                    loss.backward()
                     opt.step()
             times[name]["step"].append((time.perf_counter() - t0) / args.steps)
             t0 = time.perf_counter()

@@ -34,6 +34,7 @@ from lib.agent.metrics import dice, iou
 from lib.agent.rewards import RewardConfig, episode_reward
 from lib.tools.base import BOX, MASK_INPUT, POINT, SegOutput, Tool, ToolSession
 from lib.tools.interaction import Interaction, Prompting
+from lib.tools.local_merge import check_local_radius
 
 #: ``kind`` codes of the encoded action vector (index 0 of an ``action_space`` sample)
 KIND_STOP, KIND_BOX, KIND_POINT = 0, 1, 2
@@ -79,9 +80,7 @@ class EnvConfig:
         except ValueError:
             options = ", ".join(p.value for p in Prompting)
             raise ValueError(f"EnvConfig.prompting must be one of {options}, got {self.prompting!r}") from None
-        if self.local_radius is not None and not (isinstance(self.local_radius, numbers.Real)
-                                                  and math.isfinite(self.local_radius) and self.local_radius > 0):
-            raise ValueError(f"EnvConfig.local_radius must be a finite number > 0 or None, got {self.local_radius!r}")
+        check_local_radius(self.local_radius, "EnvConfig.local_radius")
         for name in ("iou_gain_weight", "episode_weight", "invalid_penalty"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v < 0:

@@ -29,7 +29,7 @@ from lib.data.intensity import Windowing
 from lib.data.io import Volume, get_slice, load_image, save_label_like
 from lib.infers.errors import client_errors
 from lib.tools.answer_history import Answer, AnswerHistory
-from lib.tools.local_merge import local_merge
+from lib.tools.local_merge import check_local_radius, local_merge
 from lib.tools.provider import ToolProvider
 
 logger = logging.getLogger(__name__)
@@ -94,9 +94,7 @@ class InteractiveInfer(InferTask):
         )
         self.provider = provider
         self.ct_window = ct_window
-        if local_radius is not None and not local_radius > 0:
-            raise ValueError(f"local_radius must be > 0 or None (no local merge), got {local_radius}")
-        self.local_radius = local_radius
+        self.local_radius = check_local_radius(local_radius)
         self.history = AnswerHistory(history)
 
     def is_valid(self) -> bool:

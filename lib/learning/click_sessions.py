@@ -135,6 +135,28 @@ def _next_click(pred: np.ndarray, gt: np.ndarray, clicks: list[Point], alt_prob:
     return cands[0]
 
 
+def _loss_terms(low: torch.Tensor, items: Sequence[ClickTarget], earlier: Sequence[torch.Tensor | None], size: int,
+                bce_weight: float, dice_weight: float,
+                no_harm_weight: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Loss of one decoded group: the sum of its items' BCE + Dice, and the no-harm term
+    (``no_harm_weight`` × relu(L - L_earlier)) over the items with ``earlier`` (1, 1, L, L) detached logits
+    of their previous turn, or None when there is none (or ``no_harm_weight`` is 0)."""
+    target = torch.stack([it.target for it in items]).to(low.device)
+    valid = _valid(items, size).to(low.device)
+    per_item = segmentation_loss(low[:, 0], target, valid, bce_weight, dice_weight)
+    before = [j for j, e in enumerate(earlier) if e is not None]
+    if not (no_harm_weight > 0 and before):
+        return per_item.sum(), None
+    prev_logits = torch.cat([earlier[j] for j in before])[:, 0].to(low.device)
+    prev_loss = segmentation_loss(prev_logits, target[before], valid[before], bce_weight, dice_weight)
+    return per_item.sum(), no_harm_weight * F.relu(per_item[before] - prev_loss).sum()
+
+
+def _first_click(gt: np.ndarray) -> Point | None:
+    """A click-first session's first click: the best click on an empty mask (None: empty ground truth)."""
+    return _next_click(np.zeros(gt.shape, dtype=bool), gt, [], 0.0, None)
+
+
 def _continue(pred: np.ndarray, gt: np.ndarray, clicks: list[Point], turn: int, budget: int, alt_prob: float,
               rng) -> bool:
     """After ``turn``'s answer ``pred``: append the next corrective click; False when the session ends
@@ -190,8 +212,8 @@ def run_sessions(
     trace = SessionTrace(dice=[[] for _ in range(n)], iou=[[] for _ in range(n)], clicks=clicks)
     active = [True] * n
     for i, it in enumerate(items):
-        if plan.boxes[i] is None:  # click-first: the first click is the best click on an empty mask
-            first = _next_click(np.zeros(it.shape, dtype=bool), it.gt, [], 0.0, None)
+        if plan.boxes[i] is None:
+            first = _first_click(it.gt)
             if first is None:
                 active[i] = False  # empty ground truth: nothing to segment
             else:
@@ -210,17 +232,12 @@ def run_sessions(
                 with torch.set_grad_enabled(with_grad):
                     low = _decode(backend, embeddings, items, plan, mode, sub, clicks, prev, turn, has_box)
                     if with_grad:
-                        sel = [items[i] for i in sub]
-                        target = torch.stack([it.target for it in sel]).to(low.device)
-                        valid = _valid(sel, size).to(low.device)
-                        per_item = segmentation_loss(low[:, 0], target, valid, bce_weight, dice_weight)
-                        terms.append(weight * per_item.sum())
-                        before = [j for j, i in enumerate(sub) if turn > 0 and prev[i] is not None]
-                        if no_harm_weight > 0 and is_last and before:
-                            prev_logits = torch.cat([prev[sub[j]] for j in before])[:, 0].to(low.device)
-                            prev_loss = segmentation_loss(prev_logits, target[before], valid[before], bce_weight,
-                                                          dice_weight)
-                            terms.append(no_harm_weight * F.relu(per_item[before] - prev_loss).sum())
+                        earlier = [prev[i] if is_last and turn > 0 else None for i in sub]
+                        loss, harm = _loss_terms(low, [items[i] for i in sub], earlier, size, bce_weight,
+                                                 dice_weight, no_harm_weight)
+                        terms.append(weight * loss)
+                        if harm is not None:
+                            terms.append(harm)
                 for j, i in enumerate(sub):
                     prev[i] = low[j : j + 1].detach()
                     pred = backend.to_original(low[j, 0].detach(), items[i].resized, items[i].shape)
@@ -290,8 +307,8 @@ class LiveSession:
         self.prompting = Prompting(self.prompting)
         if self.budget < 0:
             raise ValueError(f"click budget must be >= 0, got {self.budget}")
-        if self.box is None and not self.clicks:  # click-first: the best click on an empty mask
-            first = _next_click(np.zeros(self.item.shape, dtype=bool), self.item.gt, [], 0.0, None)
+        if self.box is None and not self.clicks:
+            first = _first_click(self.item.gt)
             if first is None:
                 self.done = True  # empty ground truth: nothing to segment
             else:
@@ -333,15 +350,10 @@ def advance_sessions(
         sub = list(range(len(group)))
         low = _decode(backend, embeddings, items, plan, mode, sub, [s.clicks for s in group],
                       [s.prev for s in group], turn, has_box)
-        target = torch.stack([it.target for it in items]).to(low.device)
-        valid = _valid(items, size).to(low.device)
-        per_item = segmentation_loss(low[:, 0], target, valid, bce_weight, dice_weight)
-        terms.append(per_item.sum())
-        before = [j for j, s in enumerate(group) if s.prev is not None]
-        if no_harm_weight > 0 and before:
-            prev_logits = torch.cat([group[j].prev for j in before])[:, 0].to(low.device)
-            prev_loss = segmentation_loss(prev_logits, target[before], valid[before], bce_weight, dice_weight)
-            terms.append(no_harm_weight * F.relu(per_item[before] - prev_loss).sum())
+        loss, harm = _loss_terms(low, items, [s.prev for s in group], size, bce_weight, dice_weight, no_harm_weight)
+        terms.append(loss)
+        if harm is not None:
+            terms.append(harm)
         for j, s in enumerate(group):
             s.prev = low[j : j + 1].detach()
             pred = backend.to_original(s.prev[0, 0], s.item.resized, s.item.shape)

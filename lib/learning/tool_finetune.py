@@ -228,6 +228,20 @@ class ToolFinetuner:
                              bce_weight=c.bce_weight, dice_weight=c.dice_weight, rng=rng)
         return trace.loss, plan.prompting.value
 
+    def optimizer_step(self, train: SliceSet, pool: deque[LiveSession], rng: np.random.Generator,
+                       opt: torch.optim.Optimizer, params: Sequence[torch.nn.Parameter]) -> tuple[float | None, str]:
+        """``session_loss``, back-propagated, clipped to ``grad_clip`` and applied by ``opt``; returns the loss
+        (None when no session had anything to decode) and the prompting mode trained."""
+        loss, mode = self.session_loss(train, pool, rng)
+        if loss is None:
+            return None, mode
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
+        opt.step()
+        return float(loss.detach()), mode
+
     def fit(self, train: SliceSet, val: SliceSet) -> FinetuneResult:
         """Optimise on ``train``, select on ``val``; returns the best state (the released one if nothing beat it)."""
         c = self.cfg
@@ -247,14 +261,8 @@ class ToolFinetuner:
         bar = tqdm(range(1, c.steps + 1), desc="fine-tune", unit="step", disable=not c.progress, mininterval=2.0)
         pool: deque[LiveSession] = deque()
         for step in bar:
-            loss_t, mode = self.session_loss(train, pool, rng)
-            if loss_t is not None:
-                opt.zero_grad(set_to_none=True)
-                loss_t.backward()
-                if c.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(params, c.grad_clip)
-                opt.step()
-                loss = float(loss_t.detach())
+            loss, mode = self.optimizer_step(train, pool, rng, opt, params)
+            if loss is not None:
                 history["train"].append({"step": step, "loss": round(loss, 5), "t": round(time.perf_counter() - t0, 2),
                                          "lr": sched.get_last_lr()[0], "mode": mode})
                 bar.set_postfix(loss=f"{loss:.3f}", refresh=False)

@@ -14,7 +14,7 @@ from enum import Enum
 import numpy as np
 
 from lib.tools.base import SegOutput, ToolSession
-from lib.tools.local_merge import local_merge
+from lib.tools.local_merge import check_local_radius, local_merge
 
 
 class Prompting(str, Enum):
@@ -57,8 +57,7 @@ class Interaction:
 
     def __post_init__(self) -> None:
         self.prompting = Prompting(self.prompting)
-        if self.local_radius is not None and not self.local_radius > 0:
-            raise ValueError(f"local_radius must be > 0 or None (no local merge), got {self.local_radius}")
+        check_local_radius(self.local_radius)
 
     @property
     def mask(self) -> np.ndarray:

@@ -15,6 +15,9 @@ of the previous mask, so one setting serves a kidney and a liver.
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import numpy as np
 from scipy import ndimage
 
@@ -23,6 +26,14 @@ DEFAULT_LOCAL_RADIUS = 0.5
 
 #: 8-connectivity: a diagonal step keeps a changed band connected, as it is on screen
 _EIGHT = np.ones((3, 3), dtype=bool)
+
+
+def check_local_radius(radius: float | None, what: str = "local_radius") -> float | None:
+    """``radius`` if it is a valid setting (a finite number > 0, or None = no local merge); else ValueError
+    naming ``what``."""
+    if radius is not None and not (isinstance(radius, numbers.Real) and math.isfinite(radius) and radius > 0):
+        raise ValueError(f"{what} must be a finite number > 0 or None (no local merge), got {radius!r}")
+    return radius
 
 
 def local_merge(previous: np.ndarray, proposed: np.ndarray, click: tuple[int, int], radius: float) -> np.ndarray:
