@@ -4,7 +4,8 @@
 Layout under ``--out`` (default ``sample-data``)::
 
     studies/                      MONAI Label local datastore (point the server's `studies` here)
-      ct_000.nii.gz ...           CT volumes (HU, int16), (K, J, I) = (24, 160, 160), 1.5 x 1.5 x 5 mm
+      ct_000.nii.gz ...           CT volumes (HU, int16), (K, J, I) = (24, 160, 160), 1.5 x 1.5 x 5 mm;
+                                  even numbers portal-venous, odd numbers non-contrast
       mr_000.nii.gz ... mr_N.nrrd MR volumes (arbitrary units); the last MR is NRRD to exercise that reader
       labels/final/<image name>   labels of the annotated cases only (the others count as unlabelled)
       dataset.json                MSD style; "training" = annotated, "test" = unlabelled with labels
@@ -63,7 +64,7 @@ def _write_studies(out: Path, seed: int, n_ct: int, n_mr: int) -> tuple[int, int
     import SimpleITK as sitk
 
     from lib.data.io import save_label_like, volume_from_array
-    from lib.data.phantoms import ct_phantom, mr_phantom
+    from lib.data.phantoms import CT_PHASES, ct_phantom, mr_phantom
 
     studies, gt_dir, final = out / "studies", out / "groundtruth", out / "studies" / "labels" / "final"
     final.mkdir(parents=True, exist_ok=True)
@@ -72,7 +73,8 @@ def _write_studies(out: Path, seed: int, n_ct: int, n_mr: int) -> tuple[int, int
     training, test = [], []
     for prefix, n, modality, count in jobs:
         if modality == "CT":
-            image, label = ct_phantom(seed * 1000 + n, CT_SHAPE, CT_SPACING)
+            # Phases alternate so the annotated and the unlabelled studies both hold portal and native CT.
+            image, label = ct_phantom(seed * 1000 + n, CT_SHAPE, CT_SPACING, phase=CT_PHASES[n % len(CT_PHASES)])
             spacing = CT_SPACING
         else:
             image, label = mr_phantom(seed * 1000 + 500 + n, MR_SHAPE, MR_SPACING)
@@ -94,7 +96,8 @@ def _write_studies(out: Path, seed: int, n_ct: int, n_mr: int) -> tuple[int, int
         "description": (
             "Synthetic abdominal CT (HU) and T2-like MR phantoms from lib/data/phantoms.py. 'training' = "
             "annotated studies (labels/final), 'test' = unlabelled studies for active learning; their ground "
-            "truth lives in ../groundtruth so MONAI Label still counts them unlabelled. Each entry names its modality."
+            "truth lives in ../groundtruth so MONAI Label still counts them unlabelled. Each entry names its modality. "
+            "CT studies alternate portal-venous (even numbers) and non-contrast (odd numbers) phases."
         ),
         "reference": f"scripts/make_sample_studies.py --seed {seed}",
         "licence": "CC0 (synthetic)",

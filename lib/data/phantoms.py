@@ -14,10 +14,14 @@ smooth radial noise, so every seed gives different sizes, positions and outlines
 
 Deliberately hard targets (a single box prompt should not be perfect on them):
 - pancreas (6): thin, curved, lobulated, 45 HU, touching bowel loops (35 HU) and vessels;
-- lesion (5): irregular, only 15-25 HU darker than the liver, on a few slices;
+- lesion (5): irregular, only 10-18 HU darker than the liver (CT) on a liver with a smooth texture of
+  the same order, on a few slices;
 - kidneys (3, 4): bean-shaped (fat-filled hilum), bright cortex but medulla (~40 HU) as dark as the
-  psoas and back muscles they touch;
-- liver (1) has a left lobe crossing the midline and a low-contrast border with the abdominal wall.
+  psoas and back muscles they touch; in a non-contrast ("native") CT the cortex is as dark as well;
+- liver (1) has a left lobe crossing the midline and a low-contrast border with the abdominal wall;
+  liver (1) and spleen (2) touch the stomach, whose wall has their intensity.
+Half of the CT seeds are native (non-contrast) scans: vessels, kidneys, pancreas and bowel wall then
+all lie within ~20 HU of each other and of muscle, as in real unenhanced abdominal CT.
 """
 
 from __future__ import annotations
@@ -41,8 +45,8 @@ LABELS: dict[int, str] = {
 # Tissue codes: what each voxel is made of, before mapping to intensities.
 AIR, SUBCUT_FAT, MUSCLE, VISCERAL_FAT, BONE_CORTEX, BONE_MARROW, CSF = range(7)
 AORTA, IVC, LIVER, LIVER_VESSEL, LESION, SPLEEN, KIDNEY_CORTEX, KIDNEY_MEDULLA = range(7, 15)
-SINUS_FAT, PANCREAS, BOWEL_WALL, BOWEL_GAS, BOWEL_FLUID = range(15, 20)
-N_TISSUES = 20
+SINUS_FAT, PANCREAS, BOWEL_WALL, BOWEL_GAS, BOWEL_FLUID, STOMACH_WALL = range(15, 21)
+N_TISSUES = 21
 
 # Mean intensity per tissue. CT: Hounsfield units, portal-venous-like contrast on vessels and renal
 # cortex. MR: T2-weighted-like arbitrary units (fat and fluid bright, liver dark, lesion bright,
@@ -51,13 +55,21 @@ _CT_TABLE = {
     AIR: -1000, SUBCUT_FAT: -100, MUSCLE: 45, VISCERAL_FAT: -90, BONE_CORTEX: 800, BONE_MARROW: 300,
     CSF: 15, AORTA: 170, IVC: 120, LIVER: 60, LIVER_VESSEL: 110, LESION: 40, SPLEEN: 50,
     KIDNEY_CORTEX: 150, KIDNEY_MEDULLA: 40, SINUS_FAT: -60, PANCREAS: 45, BOWEL_WALL: 35,
-    BOWEL_GAS: -900, BOWEL_FLUID: 15,
+    BOWEL_GAS: -900, BOWEL_FLUID: 15, STOMACH_WALL: 55,
 }  # fmt: skip
+# Non-contrast CT: only these differ from the portal-venous table (blood, renal cortex and enhancing
+# walls fall back to unenhanced soft-tissue values, 30-50 HU).
+_CT_NATIVE = {
+    AORTA: 42, IVC: 40, LIVER_VESSEL: 42, SPLEEN: 46, KIDNEY_CORTEX: 34, KIDNEY_MEDULLA: 30, PANCREAS: 40,
+    BOWEL_WALL: 36, STOMACH_WALL: 48,
+}  # fmt: skip
+#: CT contrast phases; ``ct_phantom(phase=None)`` draws one per seed.
+CT_PHASES = ("portal", "native")
 _MR_TABLE = {
     AIR: 0, SUBCUT_FAT: 750, MUSCLE: 180, VISCERAL_FAT: 700, BONE_CORTEX: 20, BONE_MARROW: 420,
     CSF: 950, AORTA: 40, IVC: 60, LIVER: 260, LIVER_VESSEL: 60, LESION: 700, SPLEEN: 430,
     KIDNEY_CORTEX: 380, KIDNEY_MEDULLA: 560, SINUS_FAT: 700, PANCREAS: 330, BOWEL_WALL: 300,
-    BOWEL_GAS: 10, BOWEL_FLUID: 850,
+    BOWEL_GAS: 10, BOWEL_FLUID: 850, STOMACH_WALL: 330,
 }  # fmt: skip
 
 
@@ -306,7 +318,7 @@ def _anatomy(rng: np.random.Generator, shape: tuple[int, int, int]) -> _Canvas:
 
     # Lesion: irregular, low-contrast, on a few slices, entirely inside the liver (overrides its label).
     # Drawn before the vessels so no vessel punches a hole into the lesion label.
-    depth = _paint_inside(cv, g, rng, LIVER, LESION, 5, radius=(0.07, 0.11), zslices=(1.6, 2.6), rough=0.3)
+    depth = _paint_inside(cv, g, rng, LIVER, LESION, 5, radius=(0.07, 0.11), zslices=(1.6, 2.6), rough=0.4)
     # Liver vessels (part of the liver label, as in clinical liver masks). The lesion's depth map is
     # precise enough for blobs this small (candidates are still restricted to remaining liver voxels).
     for _ in range(int(rng.integers(2, 5))):
@@ -314,6 +326,7 @@ def _anatomy(rng: np.random.Generator, shape: tuple[int, int, int]) -> _Canvas:
             cv, g, rng, LIVER, LIVER_VESSEL, 1, radius=(0.02, 0.035), zslices=(2.0, 4.0), rough=0.1, depth=depth
         )
 
+    _stomach(cv, g, rng, free, bx, by)
     _bowel(cv, g, rng, free & (g.Y < by + 0.25))
     return cv
 
@@ -373,6 +386,23 @@ def _paint_inside(
     return depth
 
 
+def _stomach(cv: _Canvas, g: _Grid, rng: np.random.Generator, free: np.ndarray, bx: float, by: float) -> None:
+    """Stomach (unlabelled) in the fat between the liver's left lobe and the spleen, touching both.
+
+    Its wall is thick and has the liver's and spleen's intensity, so a box on either organ holds a
+    stretch of border that only shape (or a click) separates; the lumen holds fluid or gas.
+    """
+    r = _blob(
+        g, rng,
+        (bx + _u(rng, 0.22, 0.34), by - _u(rng, 0.04, 0.12), _u(rng, 0.62, 0.76)),
+        (_u(rng, 0.15, 0.2), _u(rng, 0.12, 0.16), _u(rng, 0.22, 0.3)),
+        angle=_u(rng, -0.5, -0.1), rough=0.12,
+    )  # fmt: skip
+    fat = free & (cv.tissue == VISCERAL_FAT)
+    cv.paint((r < 1) & fat, STOMACH_WALL)
+    cv.paint((r < _u(rng, 0.5, 0.65)) & fat, BOWEL_GAS if rng.random() < 0.3 else BOWEL_FLUID)
+
+
 def _bowel(cv: _Canvas, g: _Grid, rng: np.random.Generator, region: np.ndarray) -> None:
     """Bowel loops (wall + gas or fluid) filling part of the remaining anterior fat; unlabelled."""
     for _ in range(int(rng.integers(8, 14))):
@@ -399,28 +429,42 @@ def ct_phantom(
     seed: int,
     shape: tuple[int, int, int] = (24, 160, 160),
     spacing: tuple[float, float, float] = (5.0, 1.5, 1.5),
+    phase: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """A contrast-enhanced abdominal CT phantom.
+    """An abdominal CT phantom, portal-venous or non-contrast.
 
     Args:
-        seed: any int; the same seed and shape always give identical arrays.
+        seed: any int; the same seed, shape and phase always give identical arrays.
         shape: ``(K, J, I)`` voxels (J, I >= 32).
         spacing: voxel size in mm in ``(K, J, I)`` order. Only used for the partial-volume blur (anatomy
             is defined relative to the field of view); write it into the image geometry yourself.
+        phase: one of :data:`CT_PHASES`; None draws it from the seed (half the seeds are native).
 
     Returns:
         ``(image, label)``: image int16 ``(K, J, I)`` in Hounsfield units (air -1000, fat about -100,
-        soft tissue 40-60, enhanced kidney cortex about 150, bone 300-800; Gaussian noise, std about
-        12 HU); label uint8 ``(K, J, I)`` with ids from :data:`LABELS`.
+        soft tissue 30-65, enhanced kidney cortex about 150 in the portal phase, bone 300-800; a smooth
+        soft-tissue texture of about 4 HU and Gaussian noise, std about 12 HU); label uint8 ``(K, J, I)``
+        with ids from :data:`LABELS`.
     """
+    if phase is not None and phase not in CT_PHASES:
+        raise ValueError(f"phase must be one of {CT_PHASES} or None, got {phase!r}")
     rng = np.random.default_rng([int(seed), 1])
-    cv = _anatomy(rng, tuple(int(s) for s in shape))
+    drawn = CT_PHASES[int(rng.integers(len(CT_PHASES)))]
+    shape = tuple(int(s) for s in shape)
+    cv = _anatomy(rng, shape)
     table = dict(_CT_TABLE)
+    if (phase or drawn) == "native":
+        table.update(_CT_NATIVE)
     table[LIVER] = _u(rng, 55, 65)
-    table[LESION] = table[LIVER] - _u(rng, 15, 25)
+    table[LESION] = table[LIVER] - _u(rng, 10, 18)
     img = _intensities(cv, rng, table, jitter=4.0)
     img[cv.tissue == LIVER] = table[LIVER]  # keep the designed lesion-to-liver contrast exact
     img[cv.tissue == LESION] = table[LESION]
+    # Parenchymal texture: lesion-sized smooth blotches of a few HU, so the lesion is not the only
+    # darker patch in the liver and organ borders are not flat steps.
+    soft = (cv.tissue >= AORTA) & ~np.isin(cv.tissue, (SINUS_FAT, BOWEL_GAS, BOWEL_FLUID))
+    k, j, i = shape
+    img += np.where(soft, _u(rng, 3.0, 5.0) * _smooth_noise(rng, shape, (max(k / 4, 1.0), j / 16, i / 16)), 0)
     img = ndimage.gaussian_filter(img, sigma=_blur_sigma(spacing))
     img += rng.normal(0.0, _u(rng, 10.0, 14.0), size=img.shape).astype(np.float32)
     return np.clip(np.rint(img), -1024, 3071).astype(np.int16), cv.label
@@ -444,7 +488,7 @@ def mr_phantom(
     shape = tuple(int(s) for s in shape)
     cv = _anatomy(rng, shape)
     table = dict(_MR_TABLE)
-    table[LESION] = table[LIVER] * _u(rng, 2.0, 3.0)
+    table[LESION] = table[LIVER] * _u(rng, 1.6, 2.2)
     img = _intensities(cv, rng, table, jitter=20.0)
     img = ndimage.gaussian_filter(img, sigma=_blur_sigma(spacing))
     k, j, i = shape

@@ -52,6 +52,10 @@ def test_layout_skip_force_and_determinism(tmp_path: Path) -> None:
     assert ct.spacing == (5.0, 1.5, 1.5) and lab.spacing == ct.spacing
     np.testing.assert_allclose(lab.image.GetOrigin(), ct.image.GetOrigin())
     assert set(np.unique(lab.array)) == {0, 1, 2, 3, 4, 5, 6}
+    # CT phases alternate: ct_000 portal-venous (enhanced kidney cortex), ct_001 non-contrast.
+    ct1, lab1 = load_image(studies / "ct_001.nii.gz"), load_image(gt / "ct_001.nii.gz")
+    kidney = {n: float(np.median(c.array[lb.array == 3])) for n, (c, lb) in enumerate([(ct, lab), (ct1, lab1)])}
+    assert kidney[0] > kidney[1] + 40, kidney
     mr = load_image(studies / "mr_001.nrrd")
     assert mr.array.shape == (20, 160, 160) and mr.array.min() >= 0
 
