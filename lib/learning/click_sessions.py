@@ -98,7 +98,8 @@ class SessionTrace:
 
 
 def segmentation_loss(
-    logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, bce_weight: float = 1.0, dice_weight: float = 1.0
+    logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, bce_weight: float = 1.0, dice_weight: float = 1.0,
+    focus: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-item BCE + soft Dice over the valid region.
 
@@ -106,12 +107,14 @@ def segmentation_loss(
         logits: (B, L, L) raw logits.
         target: (B, L, L) float {0, 1}.
         valid: (B, L, L) float {0, 1}; 1 on the slice's extent in the model frame, 0 on padding.
+        focus: optional (B, L, L) float >= 0: extra BCE weight per pixel (``click_focus``), added to 1.
 
     Returns:
         (B,) losses.
     """
     n = valid.sum(dim=(1, 2)).clamp(min=1.0)
-    bce = (F.binary_cross_entropy_with_logits(logits, target, reduction="none") * valid).sum(dim=(1, 2)) / n
+    w = valid if focus is None else valid * (1.0 + focus)
+    bce = (F.binary_cross_entropy_with_logits(logits, target, reduction="none") * w).sum(dim=(1, 2)) / n
     prob = torch.sigmoid(logits) * valid
     inter = (prob * target).sum(dim=(1, 2))
     soft_dice = 1.0 - (2.0 * inter + 1.0) / (prob.sum(dim=(1, 2)) + target.sum(dim=(1, 2)) + 1.0)
@@ -135,20 +138,50 @@ def _next_click(pred: np.ndarray, gt: np.ndarray, clicks: list[Point], alt_prob:
     return cands[0]
 
 
+def click_focus(items: Sequence[ClickTarget], newest: Sequence[Point | None], size: int, weight: float,
+                radius: float) -> torch.Tensor | None:
+    """(B, L, L) extra BCE weight: ``weight`` on a disc around each item's newest click, 0 elsewhere.
+
+    The disc's radius is ``radius`` × the ground truth's equivalent radius (sqrt(area / pi)), the same
+    unit as the local merge's radius (``lib.tools.local_merge``), so training stresses the pixels that
+    the merge will take from the click's answer. Clicks are original pixels ``(x, y)``; the disc is drawn
+    in the low-res frame, where the slice fills ``resized`` = (h, w) from the top-left corner.
+    Returns None when ``weight`` is 0 or no item has a click.
+    """
+    if weight <= 0 or all(c is None for c in newest):
+        return None
+    out = torch.zeros(len(items), size, size)
+    yy, xx = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32),
+                            indexing="ij")
+    for j, (it, c) in enumerate(zip(items, newest, strict=True)):
+        if c is None:
+            continue
+        (h, w), (hh, ww) = it.resized, it.shape
+        sy, sx = h / hh, w / ww
+        r = radius * float(np.sqrt(max(int(it.gt.sum()), 1) / np.pi)) * max(sy, sx)
+        # pixel centres: original (x + 0.5) maps to low-res (x + 0.5) * scale
+        d2 = (xx + 0.5 - (c.x + 0.5) * sx) ** 2 + (yy + 0.5 - (c.y + 0.5) * sy) ** 2
+        out[j] = weight * (d2 <= max(r, 1.0) ** 2).float()
+    return out
+
+
 def _loss_terms(low: torch.Tensor, items: Sequence[ClickTarget], earlier: Sequence[torch.Tensor | None], size: int,
-                bce_weight: float, dice_weight: float,
-                no_harm_weight: float) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Loss of one decoded group: the sum of its items' BCE + Dice, and the no-harm term
-    (``no_harm_weight`` × relu(L - L_earlier)) over the items with ``earlier`` (1, 1, L, L) detached logits
-    of their previous turn, or None when there is none (or ``no_harm_weight`` is 0)."""
+                bce_weight: float, dice_weight: float, no_harm_weight: float,
+                focus: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Loss of one decoded group: the sum of its items' BCE + Dice (BCE weighted up by ``focus``, see
+    ``click_focus``), and the no-harm term (``no_harm_weight`` × relu(L - L_earlier)) over the items with
+    ``earlier`` (1, 1, L, L) detached logits of their previous turn, or None when there is none (or
+    ``no_harm_weight`` is 0)."""
     target = torch.stack([it.target for it in items]).to(low.device)
     valid = _valid(items, size).to(low.device)
-    per_item = segmentation_loss(low[:, 0], target, valid, bce_weight, dice_weight)
+    per_item = segmentation_loss(low[:, 0], target, valid, bce_weight, dice_weight,
+                                 None if focus is None else focus.to(low.device))
     before = [j for j, e in enumerate(earlier) if e is not None]
     if not (no_harm_weight > 0 and before):
         return per_item.sum(), None
     prev_logits = torch.cat([earlier[j] for j in before])[:, 0].to(low.device)
-    prev_loss = segmentation_loss(prev_logits, target[before], valid[before], bce_weight, dice_weight)
+    prev_loss = segmentation_loss(prev_logits, target[before], valid[before], bce_weight, dice_weight,
+                                  None if focus is None else focus[before].to(low.device))
     return per_item.sum(), no_harm_weight * F.relu(per_item[before] - prev_loss).sum()
 
 
@@ -181,6 +214,8 @@ def run_sessions(
     no_harm_weight: float = 0.0,
     bce_weight: float = 1.0,
     dice_weight: float = 1.0,
+    click_focus_weight: float = 0.0,
+    click_focus_radius: float = 0.5,
     rng: np.random.Generator | None = None,
 ) -> SessionTrace:
     """Run a batch of sessions turn by turn; with ``grad`` return the loss to back-propagate.
@@ -200,6 +235,8 @@ def run_sessions(
         no_harm_weight: weight of ``relu(L_last - L_prev)`` for sessions with at least one click after the first
             prompt, where ``L_prev`` is the same loss on the previous turn's (detached) logits: a click that makes
             the mask worse costs extra, and only the click's answer receives the gradient.
+        click_focus_weight / click_focus_radius: extra BCE weight near the newest click of a turn after the
+            first prompt (``click_focus``; 0 = off).
         rng: randomness for ``plan.alt_click_prob``.
     """
     n = len(items)
@@ -233,8 +270,11 @@ def run_sessions(
                     low = _decode(backend, embeddings, items, plan, mode, sub, clicks, prev, turn, has_box)
                     if with_grad:
                         earlier = [prev[i] if is_last and turn > 0 else None for i in sub]
+                        focus = click_focus([items[i] for i in sub], [clicks[i][-1] if turn > 0 else None
+                                                                      for i in sub],
+                                            size, click_focus_weight, click_focus_radius)
                         loss, harm = _loss_terms(low, [items[i] for i in sub], earlier, size, bce_weight,
-                                                 dice_weight, no_harm_weight)
+                                                 dice_weight, no_harm_weight, focus)
                         terms.append(weight * loss)
                         if harm is not None:
                             terms.append(harm)
@@ -323,13 +363,15 @@ def advance_sessions(
     no_harm_weight: float = 0.0,
     bce_weight: float = 1.0,
     dice_weight: float = 1.0,
+    click_focus_weight: float = 0.0,
+    click_focus_radius: float = 0.5,
     alt_click_prob: float = 0.0,
     rng: np.random.Generator | None = None,
 ) -> torch.Tensor | None:
     """Decode the next turn of each unfinished session with gradients and advance it.
 
     Sessions at the same turn with the same first-prompt kind and prompting mode share a decoder call.
-    The loss and ``no_harm_weight`` are those of ``run_sessions`` at a session's last turn.
+    The loss, ``no_harm_weight`` and the click focus are those of ``run_sessions`` at a session's last turn.
 
     Args:
         embeddings: (N, C, h, w) cached embeddings; ``session.item.index`` selects a row.
@@ -350,7 +392,10 @@ def advance_sessions(
         sub = list(range(len(group)))
         low = _decode(backend, embeddings, items, plan, mode, sub, [s.clicks for s in group],
                       [s.prev for s in group], turn, has_box)
-        loss, harm = _loss_terms(low, items, [s.prev for s in group], size, bce_weight, dice_weight, no_harm_weight)
+        focus = click_focus(items, [s.clicks[-1] if turn > 0 else None for s in group], size, click_focus_weight,
+                            click_focus_radius)
+        loss, harm = _loss_terms(low, items, [s.prev for s in group], size, bce_weight, dice_weight, no_harm_weight,
+                                 focus)
         terms.append(loss)
         if harm is not None:
             terms.append(harm)

@@ -217,6 +217,7 @@ class ToolFinetuner:
             batch = [pool.popleft() for _ in range(c.batch_size)]
             loss = advance_sessions(self.backend, train.embeddings, batch, no_harm_weight=c.no_harm_weight,
                                     bce_weight=c.bce_weight, dice_weight=c.dice_weight,
+                                    click_focus_weight=c.click_focus_weight, click_focus_radius=c.click_focus_radius,
                                     alt_click_prob=c.alt_click_prob, rng=rng)
             pool.extend(s for s in batch if not s.done)
             return loss, batch[0].prompting.value
@@ -225,7 +226,8 @@ class ToolFinetuner:
         plan = sample_plan(len(items), train, picks, rng, c)
         trace = run_sessions(self.backend, train.embeddings, items, plan, grad=True,
                              intermediate_weight=c.intermediate_weight, no_harm_weight=c.no_harm_weight,
-                             bce_weight=c.bce_weight, dice_weight=c.dice_weight, rng=rng)
+                             bce_weight=c.bce_weight, dice_weight=c.dice_weight,
+                             click_focus_weight=c.click_focus_weight, click_focus_radius=c.click_focus_radius, rng=rng)
         return trace.loss, plan.prompting.value
 
     def optimizer_step(self, train: SliceSet, pool: deque[LiveSession], rng: np.random.Generator,

@@ -48,6 +48,13 @@ class ToolFinetuneConfig:
         "turn before (the previous turn's loss is a constant, so only the click's answer is pushed; costs no "
         "extra decoder call)", 0.0
     )
+    click_focus_weight: float = _help(
+        "extra BCE weight on a disc around the newest click of every turn after the first prompt (0 = off): the "
+        "pixels the local merge takes from a click's answer are the ones that must be right", 0.0
+    )
+    click_focus_radius: float = _help(
+        "radius of that disc, in multiples of the target's equivalent radius (the local merge's unit)", 0.5
+    )
     # -- simulated sessions --------------------------------------------------------------------
     live_sessions: int = _help(
         "continued-session training: this many sessions stay in flight across steps and each step decodes the "
@@ -101,7 +108,7 @@ class ToolFinetuneConfig:
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         for name in ("weight_decay", "grad_clip", "bce_weight", "dice_weight", "intermediate_weight", "no_harm_weight",
-                     "min_delta"):
+                     "min_delta", "click_focus_weight"):
             if float(getattr(self, name)) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.live_sessions and self.live_sessions < self.batch_size:
@@ -110,6 +117,9 @@ class ToolFinetuneConfig:
         if self.live_sessions and self.intermediate_weight:
             raise ValueError("intermediate_weight applies to replayed sessions only (live_sessions: 0); with live "
                              "sessions every turn already gets the full loss once")
+        if not self.click_focus_radius > 0:
+            raise ValueError(f"click_focus_radius must be > 0 (multiples of the target's radius), got "
+                             f"{self.click_focus_radius}")
         if self.bce_weight + self.dice_weight <= 0:
             raise ValueError("bce_weight + dice_weight must be > 0, or the loss is zero")
         for name in ("box_first_prob", "alt_click_prob"):

@@ -6,9 +6,18 @@ import numpy as np
 import pytest
 import torch
 
+from lib.agent.actions import Point
 from lib.agent.clicks import corrective_click, jittered_box, not_clicked_map
 from lib.agent.metrics import dice
-from lib.learning.click_sessions import LiveSession, SessionPlan, advance_sessions, run_sessions, segmentation_loss
+from lib.learning.click_sessions import (
+    ClickTarget,
+    LiveSession,
+    SessionPlan,
+    advance_sessions,
+    click_focus,
+    run_sessions,
+    segmentation_loss,
+)
 from lib.learning.embedding_cache import CachedEmbedding
 from lib.tools.interaction import Interaction, Prompting
 
@@ -45,6 +54,41 @@ def test_loss_ignores_padding_and_is_zero_for_a_perfect_confident_prediction():
     logits[0, 6:, :] = 50  # wrong, but in the padding
     assert float(segmentation_loss(logits, target, valid)[0]) < 1e-3
     assert float(segmentation_loss(-logits, target, valid)[0]) > 1.0
+
+
+def test_click_focus_is_a_disc_around_the_newest_click_in_the_low_res_frame():
+    """A 200x100 slice fills the top 128 rows of a 256² frame (scale 1.28); a target of radius 20 px and
+    focus radius 0.5 give a disc of 0.5 * 20 * 1.28 = 12.8 low-res px around the click's mapped position."""
+    yy, xx = np.mgrid[:100, :200]
+    gt = (xx - 60) ** 2 + (yy - 50) ** 2 <= 20**2
+    item = ClickTarget(index=0, gt=gt, target=torch.zeros(256, 256), resized=(128, 256))
+    f = click_focus([item, item], [Point(100, 50, False), None], 256, weight=4.0, radius=0.5)
+    assert f.shape == (2, 256, 256) and float(f[1].abs().sum()) == 0  # no click yet: no focus
+    assert set(torch.unique(f[0]).tolist()) == {0.0, 4.0}
+    ys, xs = torch.nonzero(f[0], as_tuple=True)
+    r = 0.5 * np.sqrt(gt.sum() / np.pi) * 1.28
+    assert len(ys) == pytest.approx(np.pi * r**2, rel=0.05)
+    assert float(xs.float().mean()) == pytest.approx(100.5 * 1.28 - 0.5, abs=0.2)
+    assert float(ys.float().mean()) == pytest.approx(50.5 * 1.28 - 0.5, abs=0.2)
+    assert click_focus([item], [Point(100, 50, True)], 256, weight=0.0, radius=0.5) is None
+    assert click_focus([item], [None], 256, weight=4.0, radius=0.5) is None
+
+
+def test_focus_adds_its_weight_times_the_bce_inside_the_disc():
+    target = torch.zeros(1, 8, 8)
+    valid = torch.ones(1, 8, 8)
+    logits = torch.full((1, 8, 8), -6.0)
+    logits[0, :2, :2] = 3.0  # confidently right except in the top-left corner
+    focus = torch.zeros(1, 8, 8)
+    base = float(segmentation_loss(logits, target, valid, dice_weight=0.0)[0])
+    focus[0, 4:, 4:] = 4.0  # away from the error: adds only the (small) BCE of the right pixels there
+    far = float(segmentation_loss(logits, target, valid, dice_weight=0.0, focus=focus)[0])
+    focus[0] = 0
+    focus[0, :2, :2] = 4.0  # on the error
+    near = float(segmentation_loss(logits, target, valid, dice_weight=0.0, focus=focus)[0])
+    bce_corner = float(torch.nn.functional.softplus(torch.tensor(3.0))) * 4 / 64
+    assert near - base == pytest.approx(4.0 * bce_corner, rel=1e-4)
+    assert far - base < 0.1 * (near - base)
 
 
 def test_plan_validation():
