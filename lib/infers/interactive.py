@@ -108,10 +108,17 @@ class InteractiveInfer(InferTask):
             prompts = request_to_slice_prompts(request, size_ijk)
             win = windowing_for(vol, self.ct_window)
             session_key = slice_key(vol, prompts.slice_index, win)
-            session, cached = self.provider.session(session_key, lambda: tool_input(vol, prompts.slice_index, win))
             name, value = label_value(request, self.labels if isinstance(self.labels, dict) else {})
             scope = (session_key, name, self.provider.weights_stamp)
-            answer, how, decoder_ms = self._answer(session, scope, prompts)
+            # A repeated prompt set (an undo) is answered from the history before the slice's session is
+            # opened: after the session cache evicted the slice, opening it would re-encode for nothing.
+            answer = self.history.get(scope, prompts.box, prompts.points, prompts.labels)
+            how, decoder_ms, encoder_ms, cached = "repeated", 0.0, 0.0, True
+            if answer is None:
+                session, cached = self.provider.session(session_key,
+                                                        lambda: tool_input(vol, prompts.slice_index, win))
+                answer, how, decoder_ms = self._decode(session, scope, prompts)
+                encoder_ms = 0.0 if cached else session.encoder_ms
             label = np.zeros(vol.spatial_shape, dtype=np.uint8)
             if prompts.slice_index is None:
                 label[answer.mask] = value
@@ -128,20 +135,17 @@ class InteractiveInfer(InferTask):
             "score": answer.score,
             "answer": how,
             "latencies": {
-                "encoder_ms": 0.0 if cached else session.encoder_ms,
+                "encoder_ms": encoder_ms,
                 "decoder_ms": decoder_ms,
                 "total_ms": total,
                 "embedding_cached": cached,
             },
         }
 
-    def _answer(self, session, scope, prompts) -> tuple[Answer, str, float]:
-        """The request's mask and how it was made: ``decoded``, ``merged`` (onto the answer of the same
-        prompts minus the new click) or ``repeated`` (these prompts were answered before); decoder ms."""
+    def _decode(self, session, scope, prompts) -> tuple[Answer, str, float]:
+        """The mask of prompts not answered before and how it was made: ``decoded``, or ``merged`` onto the
+        answer of the same prompts minus the new click; decoder ms. The answer joins the history."""
         box, points, labels = prompts.box, prompts.points, prompts.labels
-        seen = self.history.get(scope, box, points, labels)
-        if seen is not None:
-            return seen, "repeated", 0.0
         out = session.predict(box=box, points=points, labels=labels)
         answer, how = Answer(out.mask, out.score), "decoded"
         earlier = self.history.previous(scope, box, points, labels) if self.local_radius else None
