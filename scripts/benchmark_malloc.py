@@ -24,7 +24,18 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TUNING = "glibc.malloc.mmap_threshold=268435456:glibc.malloc.trim_threshold=1073741824"
+
+
+def setup_env_tuning() -> str:
+    """The ``MALLOC_TUNING`` value that scripts/setup_env.sh exports, read from the script itself so the two
+    never drift apart."""
+    for line in (ROOT / "scripts" / "setup_env.sh").read_text(encoding="utf-8").splitlines():
+        if line.startswith("MALLOC_TUNING="):
+            return line.split("=", 1)[1].strip().strip('"')
+    raise SystemExit("scripts/setup_env.sh no longer sets MALLOC_TUNING=...; update this benchmark")
+
+
+TUNING = setup_env_tuning()
 
 
 def child(encodes: int, decodes: int) -> dict:
