@@ -449,6 +449,8 @@ def ct_phantom(
     if phase is not None and phase not in CT_PHASES:
         raise ValueError(f"phase must be one of {CT_PHASES} or None, got {phase!r}")
     rng = np.random.default_rng([int(seed), 1])
+    # Drawn even when ``phase`` is given: the same random stream follows, so both phases of a seed share
+    # one anatomy (and one label array).
     drawn = CT_PHASES[int(rng.integers(len(CT_PHASES)))]
     shape = tuple(int(s) for s in shape)
     cv = _anatomy(rng, shape)
