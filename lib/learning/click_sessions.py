@@ -27,6 +27,7 @@ from lib.agent.clicks import error_candidates
 from lib.agent.metrics import dice, iou
 from lib.learning.tool_backends import TrainableBackend
 from lib.tools.interaction import Prompting
+from lib.tools.local_merge import equivalent_radius
 
 
 @dataclass(frozen=True)
@@ -158,7 +159,7 @@ def click_focus(items: Sequence[ClickTarget], newest: Sequence[Point | None], si
             continue
         (h, w), (hh, ww) = it.resized, it.shape
         sy, sx = h / hh, w / ww
-        r = radius * float(np.sqrt(max(int(it.gt.sum()), 1) / np.pi)) * max(sy, sx)
+        r = radius * equivalent_radius(max(int(it.gt.sum()), 1)) * max(sy, sx)
         # pixel centres: original (x + 0.5) maps to low-res (x + 0.5) * scale
         d2 = (xx + 0.5 - (c.x + 0.5) * sx) ** 2 + (yy + 0.5 - (c.y + 0.5) * sy) ** 2
         out[j] = weight * (d2 <= max(r, 1.0) ** 2).float()
@@ -174,14 +175,14 @@ def _loss_terms(low: torch.Tensor, items: Sequence[ClickTarget], earlier: Sequen
     ``no_harm_weight`` is 0)."""
     target = torch.stack([it.target for it in items]).to(low.device)
     valid = _valid(items, size).to(low.device)
-    per_item = segmentation_loss(low[:, 0], target, valid, bce_weight, dice_weight,
-                                 None if focus is None else focus.to(low.device))
+    focus = None if focus is None else focus.to(low.device)
+    per_item = segmentation_loss(low[:, 0], target, valid, bce_weight, dice_weight, focus)
     before = [j for j, e in enumerate(earlier) if e is not None]
     if not (no_harm_weight > 0 and before):
         return per_item.sum(), None
     prev_logits = torch.cat([earlier[j] for j in before])[:, 0].to(low.device)
     prev_loss = segmentation_loss(prev_logits, target[before], valid[before], bce_weight, dice_weight,
-                                  None if focus is None else focus[before].to(low.device))
+                                  None if focus is None else focus[before])
     return per_item.sum(), no_harm_weight * F.relu(per_item[before] - prev_loss).sum()
 
 

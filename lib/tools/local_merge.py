@@ -36,6 +36,11 @@ def check_local_radius(radius: float | None, what: str = "local_radius") -> floa
     return radius
 
 
+def equivalent_radius(area: float) -> float:
+    """Radius in pixels of the disc of ``area`` pixels, sqrt(area / pi): the unit of the merge radius."""
+    return float(np.sqrt(area / np.pi))
+
+
 def local_merge(previous: np.ndarray, proposed: np.ndarray, click: tuple[int, int], radius: float) -> np.ndarray:
     """The previous mask with the proposed mask's changes near ``click`` applied.
 
@@ -61,7 +66,7 @@ def local_merge(previous: np.ndarray, proposed: np.ndarray, click: tuple[int, in
     x, y = int(click[0]), int(click[1])
     if not (0 <= x < w and 0 <= y < h):
         raise ValueError(f"click ({x}, {y}) is outside the ({h}, {w}) mask")
-    r = max(radius * float(np.sqrt(area / np.pi)), 2.0)
+    r = max(radius * equivalent_radius(area), 2.0)
     yy, xx = np.ogrid[:h, :w]
     near = (xx - x) ** 2 + (yy - y) ** 2 <= r * r
     changed = (previous ^ proposed) & near
