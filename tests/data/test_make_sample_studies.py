@@ -82,3 +82,43 @@ def test_layout_skip_force_and_determinism(tmp_path: Path) -> None:
     for name, arr in before.items():
         p = studies / "labels" / "final" / name
         np.testing.assert_array_equal(load_image(p if p.exists() else gt / name).array, arr)
+
+
+def test_real_studies_join_an_existing_datastore_once(tmp_path: Path) -> None:
+    from test_real_samples import fake_cache
+
+    cache = fake_cache(tmp_path / "cache")  # a fake sdist's studies: runs offline, without the real cache
+    out = tmp_path / "sample"
+    small = ["--n-ct", "1", "--n-mr", "1", "--n-2d", "0"]
+    # not in the cache: a note saying what to run, the phantoms alone, exit status 0
+    note = _run(out, *small, "--real", "--cache", str(tmp_path / "empty"))
+    assert "real studies not added" in note and "fetch_real_samples.py" in note
+    assert not (out / "studies" / "real_ct_001.nii.gz").exists() and not (out / "real").exists()
+
+    summary = _run(out, *small, "--real", "--cache", str(cache))  # added to the existing phantoms
+    assert "already in" in summary and "added real_ct_001" in summary
+    studies, gt = out / "studies", out / "groundtruth"
+    spec = json.loads((studies / "dataset.json").read_text())
+    assert spec["labels"]["1"] == "liver" and spec["labels"]["5"] == "lesion" and spec["labels"]["2"] == "spleen"
+    assert [e["image"] for e in spec["training"]][-1] == "real_ct_001.nii.gz"
+    assert spec["test"][-1] == {"image": "real_mr_001.nii.gz", "label": "../groundtruth/real_mr_001.nii.gz",
+                                "modality": "MR"}
+    assert spec["numTraining"] == len(spec["training"]) and spec["numTest"] == len(spec["test"])
+    assert "NOT AN EXPERT" in spec["description"]
+    ds = Dataset.from_dir(studies)
+    assert (studies / "labels" / "final" / "real_ct_001.nii.gz").is_file()
+    assert (gt / "real_mr_001.nii.gz").is_file() and not (studies / "labels" / "final" / "real_mr_001.nii.gz").exists()
+    ct = load_image(studies / "real_ct_001.nii.gz")
+    lab = load_image(studies / "labels" / "final" / "real_ct_001.nii.gz")
+    assert ct.modality == "CT" and ct.array.shape == lab.array.shape
+    np.testing.assert_allclose(lab.image.GetOrigin(), ct.image.GetOrigin())
+    assert set(np.unique(lab.array)) == {0, 1, 2}  # the fake CT's liver and spleen, phantom values
+    assert {c.case_id for c in ds.cases("test")} >= {"real_mr_001"}
+    real = Dataset.from_dir(out / "real")
+    assert [c.case_id for c in real.training] == ["real_ct_001"] and [c.case_id for c in real.test] == ["real_mr_001"]
+
+    # a second run changes nothing
+    stamps = {p: p.stat().st_mtime_ns for p in [*studies.rglob("*"), *(out / "real").rglob("*")] if p.is_file()}
+    again = _run(out, *small, "--real", "--cache", str(cache))
+    assert "real studies already in" in again
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
