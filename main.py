@@ -79,10 +79,10 @@ class MedSAMAgentApp(MONAILabelApp):
                 continue
             if self.app_conf.preload:
                 provider.tool  # noqa: B018  (load now rather than on the first click)
+            self.warn_settings(name, provider.weights_info())
             if name in self.app_conf.backends:
-                infers[name] = lib.infers.interactive.InteractiveInfer(
-                    provider, self.agent_labels, self.app_conf.ct_window,
-                    local_radius=self.app_conf.local_radius or None)
+                infers[name] = lib.infers.interactive.InteractiveInfer(provider, self.agent_labels,
+                                                                       self.app_conf.episode)
         agent_backend = self._providers[self.app_conf.agent_backend]
         if self.app_conf.agent_backend in self.unavailable:
             for m in AGENT_MODELS:
@@ -90,27 +90,23 @@ class MedSAMAgentApp(MONAILabelApp):
             return infers
         for m in AGENT_MODELS:
             infers[m] = lib.infers.agent.AgentInfer(
-                agent_backend, self.policy_store, self.agent_labels, handoff=(m == "agent_handoff"),
-                prompting=self.app_conf.prompting[self.app_conf.agent_backend],
-                max_turns=self.app_conf.max_turns, ct_window=self.app_conf.ct_window,
-                local_radius=self.app_conf.local_radius or None)
+                agent_backend, self.policy_store, self.agent_labels, self.app_conf.episode,
+                handoff=(m == "agent_handoff"))
         return infers
 
     def init_trainers(self):
         provider = self._providers[self.app_conf.agent_backend]
-        served = {"prompting": self.app_conf.prompting[self.app_conf.agent_backend],
-                  "max_turns": self.app_conf.max_turns, "local_radius": self.app_conf.local_radius or None}
         trainers = self._tool_trainers()
         if self.app_conf.policy != "compact":
             return trainers  # the VLM is trained with TRL scripts on GPUs (docs/vlm.md), not inside the server
         return {
             **trainers,
             "agent_sft": lib.trainers.agent.AgentSFTTask(
-                provider, self.agent_labels, self.policy_dir,
-                "Agent SFT: imitate expert box/click trajectories simulated from the final labels", **served),
+                provider, self.agent_labels, self.policy_dir, self.app_conf.episode,
+                "Agent SFT: imitate expert box/click trajectories simulated from the final labels"),
             "agent_rl": lib.trainers.agent.AgentRLTask(
-                provider, self.agent_labels, self.policy_dir,
-                "Agent RL (GRPO): refine the SFT policy with the verifiable process reward", **served),
+                provider, self.agent_labels, self.policy_dir, self.app_conf.episode,
+                "Agent RL (GRPO): refine the SFT policy with the verifiable process reward"),
         }
 
     def _tool_trainers(self) -> dict:
@@ -119,7 +115,10 @@ class MedSAMAgentApp(MONAILabelApp):
         for name, provider in self._providers.items():
             if name in self.unavailable or not (provider.bundle / "configs" / "train.json").is_file():
                 continue
-            overrides = {"device": self.app_conf.device, "ct_window": list(self.app_conf.ct_window),
+            episode = self.app_conf.episode
+            # the segmenter is adapted under the settings it is served with (train == serve)
+            overrides = {"device": self.app_conf.device, "ct_window": list(episode.ct_window),
+                         "box_jitter": episode.box_jitter, "val_prompting": episode.prompting_for(name).value,
                          "models_dir": str(provider.models_dir)}
             task = lib.trainers.tool_interactive.ToolInteractiveTrain(
                 provider.bundle, self.agent_labels, backend=name, overrides=overrides)
@@ -165,6 +164,15 @@ class MedSAMAgentApp(MONAILabelApp):
             # what the most_turns strategy ranks on, refreshed by every agent run a user makes
             ds.update_image_info(image, lib.activelearning.agent_turns.agent_info([res["params"]]))
         return res
+
+    def warn_settings(self, backend: str, weights: dict) -> None:
+        """Log when adapted segmenter weights were trained under other episode settings than those served."""
+        if weights.get("weights") != "adapted":
+            return
+        diff = self.app_conf.episode.differences(weights.get("episode"), backend, keys=("prompting", "ct_window"))
+        if diff:
+            logger.warning("%s: the adapted weights were trained with other settings than the server serves "
+                           "(retrain %s_interactive, or serve them with --conf): %s", backend, backend, "; ".join(diff))
 
     def seed_demo_policy(self, demo: Path) -> None:
         """First start: serve the demo policy shipped with the sample studies until a trained one exists."""

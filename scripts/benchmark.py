@@ -27,7 +27,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import argparse  # noqa: E402
-import importlib.util  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import shutil  # noqa: E402
@@ -41,16 +40,8 @@ SECTION = "## Agent: compact policy, SFT and GRPO (issue 7)"
 STAGES = ("data", "trajectories", "sft", "rl", "eval", "report")
 
 
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location("_bench_" + name.removesuffix(".py"), ROOT / "scripts" / name)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from lib.agent.rollout import add_episode_args
+    from lib.agent.settings import add_episode_args, episode_from_args
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "issue7", help="working folder (cached stages)")
@@ -75,7 +66,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-max-slices-per-case", type=int, default=0,
                    help="cap of held-out (slice, label) targets per case, evenly spaced (0 = every target, the "
                         "default: a cap of 24 kept 4 of the 14 lesion targets, 3 of them MR lesions a box gets right)")
-    p.add_argument("--max-turns", type=int, default=5)
     add_episode_args(p)  # for the expert data, GRPO and the evaluation alike
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: the CPU is shared)")
@@ -84,6 +74,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.stages = list(STAGES) if args.stages == "all" else [s.strip() for s in args.stages.split(",")]
     args.force = {s.strip() for s in args.force.split(",") if s.strip()}
+    args.episode = episode_from_args(args, backend=args.backend)
     unknown = set(args.stages) - set(STAGES) | args.force - set(STAGES)
     if unknown:
         p.error(f"unknown stage(s) {sorted(unknown)}; choose from {', '.join(STAGES)}")
@@ -173,9 +164,7 @@ def sft_config(args: argparse.Namespace, load_recipe):
         cfg.data.box_to_point_prob = args.box_to_point_prob
         cfg.data.episodes_per_target = args.episodes_per_target
         cfg.data.max_slices_per_case = args.train_max_slices_per_case
-        cfg.data.max_turns = args.max_turns
-        cfg.data.prompting = args.prompting
-        cfg.data.local_radius = args.local_radius
+        cfg.data.episode = args.episode
         cfg.data.seed = args.seed
         return cfg
 
@@ -215,8 +204,8 @@ def stage_rl(args: argparse.Namespace, studies: Path, tool) -> dict:
     if stats_path.is_file() and "rl" not in args.force:
         return json.loads(stats_path.read_text())
     cfg = load_recipe(RLConfig, args.rl_config, steps=args.rl_steps, max_minutes=args.rl_minutes, seed=args.seed,
-                      threads=args.threads, max_turns=args.max_turns, prompting=args.prompting)
-    cfg.local_radius = args.local_radius
+                      threads=args.threads)
+    cfg.episode = args.episode
     scratch = args.work / "scratch-rl"
     shutil.rmtree(scratch, ignore_errors=True)
     stats = train_grpo(cfg, Dataset.from_dir(studies), tool, args.work / "ckpt" / "sft", scratch)
@@ -227,72 +216,33 @@ def stage_rl(args: argparse.Namespace, studies: Path, tool) -> dict:
 
 
 def stage_eval(args: argparse.Namespace, studies: Path, tool) -> dict:
-    """Every test target once; all runs share the slice's session and the hand-off box."""
-    from tqdm import tqdm
-
-    from lib.agent.clicks import DEFAULT_BOX_JITTER, jittered_box
-    from lib.agent.env import EnvConfig, SegmentationEnv
-    from lib.agent.expert import ExpertConfig, ExpertPolicy
-    from lib.agent.policies.base import Prefixed
-    from lib.agent.policies.box import BoxPolicy
-    from lib.agent.policies.compact import CompactPolicy
-    from lib.agent.policies.ellipse import ellipse_mask
-    from lib.agent.rollout import episode_seed, rollout, sample_options, window_slice
+    """Every test target once; all runs share the slice's session and the hand-off box
+    (``lib.agent.evaluation.evaluate_targets``, the loop ``scripts/evaluate.py`` runs)."""
+    from lib.agent.evaluation import Run, evaluate_targets
     from lib.data.dataset import Dataset, iter_slices
 
     path = args.work / "eval.json"
     if path.is_file() and "eval" not in args.force:
         return json.loads(path.read_text())
-    ev = load_script("evaluate.py")
-    T = args.max_turns
-    env = SegmentationEnv(tool, EnvConfig(max_turns=T, prompting=args.prompting, local_radius=args.local_radius))
-    sft = CompactPolicy.load(args.work / "ckpt" / "sft")
-    grpo = CompactPolicy.load(args.work / "ckpt" / "grpo")
-    runs: dict[str, list] = {}
-    rows = []
-    enc_ms = []
+    ckpt = {"sft": str(args.work / "ckpt" / "sft"), "grpo": str(args.work / "ckpt" / "grpo")}
+    runs = [Run("box", "handoff", name="handoff/box"), Run("expert", "handoff", name="handoff/expert"),
+            Run("compact", "handoff", ckpt["sft"], "handoff/sft"),
+            Run("compact", "handoff", ckpt["grpo"], "handoff/grpo"),
+            Run("expert", "autonomous", name="autonomous/expert"),
+            Run("compact", "autonomous", ckpt["sft"], "autonomous/sft"),
+            Run("compact", "autonomous", ckpt["grpo"], "autonomous/grpo"),
+            Run("ellipse", "handoff", name="handoff/ellipse")]
     ds = Dataset.from_dir(studies)
     samples = list(iter_slices(ds, "test", max_per_case=args.eval_max_slices_per_case or None))
-    for sample in tqdm(samples, unit="target", desc="benchmark eval", mininterval=10):
-        image = window_slice(sample)
-        session = tool.start(image)
-        enc_ms.append(float(session.encoder_ms))
-        key = (sample.case_id, sample.slice_index, sample.label_name)
-        seed = episode_seed(args.seed, *key)
-        box = jittered_box(sample.gt, np.random.default_rng(seed), DEFAULT_BOX_JITTER)  # = evaluate.py's
-        options = sample_options(sample, image=image, session=session)
-        policies = {
-            "handoff/box": BoxPolicy(box=box),
-            "handoff/expert": Prefixed([box], ExpertPolicy(env, ExpertConfig(max_actions=T))),
-            "handoff/sft": Prefixed([box], sft),
-            "handoff/grpo": Prefixed([box], grpo),
-            "autonomous/expert": ExpertPolicy(env, ExpertConfig(max_actions=T)),
-            "autonomous/sft": sft,
-            "autonomous/grpo": grpo,
-        }
-        row: dict[str, Any] = {"case_id": sample.case_id, "slice_index": sample.slice_index,
-                               "label": sample.label_name, "area": int(sample.gt.sum())}
-        for name, policy in policies.items():
-            traj = rollout(env, policy, options, seed=seed)
-            res = ev.score_episode(traj, sample.gt, T)
-            decisions = sum(1 for a in traj.actions) - (1 if name.startswith("handoff/") else 0)
-            res["policy_ms_per_decision"] = traj.timings["policy_ms"] / max(decisions, 1)
-            runs.setdefault(name, []).append(res)
-            row[name] = {"dice": res["final_dice"], "turns": res["turns"]}
-        res = ev.score_mask(ellipse_mask(box, sample.gt.shape), sample.gt, T)
-        runs.setdefault("handoff/ellipse", []).append(res)
-        row["handoff/ellipse"] = {"dice": res["final_dice"], "turns": 1}
-        rows.append(row)
-    summary = {name: {**ev.summarise(r), "policy_ms_per_decision": float(np.mean([x["policy_ms_per_decision"]
-                                                                                  for x in r if "policy_ms_per_decision"
-                                                                                  in x] or [0.0]))}
-               for name, r in runs.items()}
-    labels = sorted({r["label"] for r in rows})
-    per_label = {lab: {name: {"dice": float(np.mean([r[name]["dice"] for r in rows if r["label"] == lab])),
-                              "turns": float(np.mean([r[name]["turns"] for r in rows if r["label"] == lab])),
-                              "n": sum(r["label"] == lab for r in rows)} for name in runs} for lab in labels}
-    result = {"summary": summary, "per_label": per_label, "rows": rows, "n_targets": len(rows),
-              "n_cases": len({r["case_id"] for r in rows}), "encoder_ms": float(np.mean(enc_ms)), "max_turns": T}
+    ev = evaluate_targets(tool, samples, runs, args.episode, seed=args.seed, measure_noc=False,
+                          desc="benchmark eval")
+    rows = [{k: ({"dice": v["dice"], "turns": v["turns"]} if isinstance(v, dict) else v) for k, v in r.items()
+             if k not in ("encoder_ms", "handoff_box")} for r in ev.rows]
+    per_label = {lab: {name: {"dice": m["dice"], "turns": m["turns"], "n": m["n"]} for name, m in runs_.items()}
+                 for lab, runs_ in ev.per_label().items()}
+    result = {"summary": ev.summary(), "per_label": per_label, "rows": rows, "n_targets": len(rows),
+              "n_cases": len({r["case_id"] for r in rows}), "encoder_ms": float(np.mean(ev.encoder_ms)),
+              "max_turns": args.episode.max_turns}
     path.write_text(json.dumps(result, indent=1) + "\n")
     return result
 
@@ -313,7 +263,8 @@ def report(args: argparse.Namespace, ev: dict, sft: dict, rl: dict, traj_s: floa
              + (f"(≤ {args.eval_max_slices_per_case} per case)" if args.eval_max_slices_per_case else "(all of them)")
              + f". Backend `{backend}`"
              + (f" with adapted weights `{args.tool_weights}`" if args.tool_weights else " (released weights)")
-             + f"; prompting `{args.prompting}`, local merge radius {args.local_radius or 'off'}; "
+             + f"; prompting `{args.episode.prompting_for(backend).value}`, local merge radius "
+             f"{args.episode.local_radius or 'off'}; "
              f"turn budget {ev['max_turns']} (the hand-off box counts as turn 1); "
              "greedy policies; "
              f"`scripts/benchmark.py`, 2-core CPU shared with other jobs (torch threads {args.threads}). SFT data: "

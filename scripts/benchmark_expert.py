@@ -37,6 +37,7 @@ from tqdm import tqdm  # noqa: E402
 from lib.agent.env import EnvConfig, SegmentationEnv  # noqa: E402
 from lib.agent.expert import BOX_TO_POINT, HYBRID, SEQUENTIAL_CLICK, ExpertConfig, ExpertPolicy  # noqa: E402
 from lib.agent.rollout import episode_seed, load_backend, rollout, sample_options, window_slice  # noqa: E402
+from lib.agent.settings import EpisodeSettings  # noqa: E402
 from lib.data.dataset import Dataset, iter_slices  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,7 +75,7 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
         for s in tqdm(samples, desc=f"quality {split}", unit="target"):
             if args.modality and s.modality != args.modality:
                 continue
-            image = window_slice(s)
+            image = window_slice(s, EpisodeSettings())  # the served CT window
             session = tool.start(image)
             enc_ms.append(session.encoder_ms)
             seed = episode_seed(args.seed, s.case_id, s.slice_index, s.label_name)

@@ -29,6 +29,7 @@ from collections.abc import Iterator  # noqa: E402
 import numpy as np  # noqa: E402
 
 from lib.agent.rollout import window_slice  # noqa: E402
+from lib.agent.settings import EpisodeSettings, add_episode_args, episode_from_args  # noqa: E402
 from lib.agent.trajectories import Trajectory, read_jsonl  # noqa: E402
 from lib.agent.vlm_image import MODEL_IMAGE_SIZE, OVERLAY_ALPHA  # noqa: E402
 from lib.agent.vlm_prompt import HISTORY_TURNS  # noqa: E402
@@ -36,9 +37,10 @@ from lib.data.dataset import Dataset, iter_slices  # noqa: E402
 from lib.learning.vlm_sft import ExportConfig, export_sft, validate_sharegpt  # noqa: E402
 
 
-def matched_episodes(trajectories: list[Trajectory], dataset: Dataset, split: str) -> Iterator[tuple[Trajectory,
-                                                                                                     np.ndarray]]:
-    """(trajectory, windowed slice) for every trajectory whose slice is in ``dataset``'s ``split``."""
+def matched_episodes(trajectories: list[Trajectory], dataset: Dataset, split: str,
+                     settings: EpisodeSettings) -> Iterator[tuple[Trajectory, np.ndarray]]:
+    """(trajectory, slice windowed under ``settings``) for every trajectory whose slice is in ``dataset``'s
+    ``split``."""
     by_axis: dict[int, dict[tuple, list[Trajectory]]] = defaultdict(lambda: defaultdict(list))
     for t in trajectories:
         by_axis[t.axis][t.key].append(t)
@@ -47,7 +49,7 @@ def matched_episodes(trajectories: list[Trajectory], dataset: Dataset, split: st
         for sample in iter_slices(dataset, split, axis=axis, labels=labels, min_area=1):
             key = (sample.case_id, sample.slice_index, sample.label_name)
             if key in wanted:
-                image = window_slice(sample)
+                image = window_slice(sample, settings)
                 for traj in wanted.pop(key):
                     yield traj, image
         for key in wanted:
@@ -65,7 +67,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--overlay-alpha", type=float, default=OVERLAY_ALPHA, help="mask overlay opacity (default 0.5)")
     p.add_argument("--history-turns", type=int, default=HISTORY_TURNS, help="history window (default 5)")
     p.add_argument("--no-hf", action="store_true", help="skip the Hugging Face dataset for TRL")
-    return p.parse_args(argv)
+    add_episode_args(p)  # the CT window the images are windowed with: what the served agent sees
+    args = p.parse_args(argv)
+    args.episode = episode_from_args(args)
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         root = Path(roots.pop())
     config = ExportConfig(name=args.name, image_size=args.image_size, overlay_alpha=args.overlay_alpha,
                           history_turns=args.history_turns, write_hf=not args.no_hf)
-    summary = export_sft(matched_episodes(trajectories, Dataset.from_dir(root), args.split), args.out, config)
+    summary = export_sft(matched_episodes(trajectories, Dataset.from_dir(root), args.split, args.episode), args.out,
+                         config)
     validate_sharegpt(json.loads(summary.sharegpt.read_text()), root=args.out)
     print(f"{summary.episodes} episodes -> {summary.conversations} conversations, {summary.images} images "
           f"(skipped: {dict(summary.skipped) or 'none'})")

@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import argparse  # noqa: E402
 
 from lib.agent.rollout import window_slice  # noqa: E402
+from lib.agent.settings import add_episode_args, episode_from_args  # noqa: E402
 from lib.data.dataset import Dataset, iter_slices  # noqa: E402
 from lib.learning.verl_export import rl_rows, write_parquet  # noqa: E402
 
@@ -36,7 +37,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--labels", default=None, help="comma-separated label names or values (default: all)")
     p.add_argument("--min-area", type=int, default=20, help="smallest target in pixels")
     p.add_argument("--max-slices-per-case", type=int, default=None, help="cap of targets per case")
+    add_episode_args(p)  # the CT window the images are windowed with: what the served agent sees
     args = p.parse_args(argv)
+    args.episode = episode_from_args(args)
     args.labels = [s.strip() for s in args.labels.split(",") if s.strip()] if args.labels else None
     return args
 
@@ -46,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     ds = Dataset.from_dir(args.dataset)
     samples = iter_slices(ds, args.split, axis=args.axis, labels=args.labels, min_area=args.min_area,
                           max_per_case=args.max_slices_per_case)
-    items = ((window_slice(s), s.gt, s.label_name, {"case_id": s.case_id, "slice_index": s.slice_index,
+    items = ((window_slice(s, args.episode), s.gt, s.label_name, {"case_id": s.case_id, "slice_index": s.slice_index,
                                                     "axis": s.axis}) for s in samples)
     rows = rl_rows(items, dataset_name=ds.name or args.dataset.name, split=args.split)
     path = write_parquet(rows, args.out)

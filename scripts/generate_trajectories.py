@@ -6,8 +6,10 @@
         [--workers 2] [--seed 0] [--tool-weights DIR] [--prompting newest]
 
 Every (case, slice, label) of the split whose label covers >= ``--min-area`` pixels (2D images, or 2D
-slices of 3D volumes along ``--axis``) becomes one episode of ``ExpertPolicy`` in ``SegmentationEnv``;
-kept trajectories are appended to ``--out`` as they finish, one JSON line each.
+slices of 3D volumes along ``--axis``) becomes one episode of ``ExpertPolicy`` in ``SegmentationEnv``, played by
+``lib.learning.agent_data.expert_episodes`` (the same per-target code the ``agent_sft`` task runs, with
+``TrajectoryConfig``'s expert defaults and the served ``EpisodeSettings`` unless flags override them); kept
+trajectories are appended to ``--out`` as they finish, one JSON line each.
 
 - Resumable: keys (case, slice, label) already in ``--out`` are skipped; a partial last line left by an
   interrupted run is dropped first. Pruned episodes (the expert found no helpful action) are not written,
@@ -42,11 +44,13 @@ from typing import Any  # noqa: E402
 
 from tqdm import tqdm  # noqa: E402
 
-from lib.agent.env import EnvConfig, SegmentationEnv  # noqa: E402
-from lib.agent.expert import STRATEGIES, ExpertConfig, ExpertPolicy, keep_trajectory  # noqa: E402
-from lib.agent.rollout import SCRIPT_BACKENDS, add_episode_args, episode_seed, load_backend, rollout, sample_options  # noqa: E402
+from lib.agent.env import SegmentationEnv  # noqa: E402
+from lib.agent.expert import STRATEGIES  # noqa: E402
+from lib.agent.rollout import SCRIPT_BACKENDS, load_backend, tool_name, window_slice  # noqa: E402
+from lib.agent.settings import add_episode_args, episode_from_args  # noqa: E402
 from lib.agent.trajectories import Trajectory, read_keys, repair_tail, write_jsonl  # noqa: E402
 from lib.data.dataset import Dataset, SliceSample, iter_slices  # noqa: E402
+from lib.learning.agent_data import TrajectoryConfig, expert_episodes  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -56,9 +60,7 @@ class JobConfig:
     backend: str
     tool_weights: str | None
     threads: int
-    env: EnvConfig
-    expert: ExpertConfig
-    seed: int
+    data: TrajectoryConfig
     dataset: str
 
 
@@ -99,23 +101,21 @@ def run_slice(samples: list[SliceSample]) -> list[tuple[dict | None, str | None]
     encodes the slice (its trajectory carries the encoder time); the others reuse that session.
     """
     job: JobConfig = _STATE["job"]
-    env = SegmentationEnv(_STATE["tool"], job.env)
-    expert = ExpertPolicy(env, job.expert)
+    tool = _STATE["tool"]
+    env = SegmentationEnv(tool, job.data.episode.env_config(tool_name(tool)))
+    image = window_slice(samples[0], job.data.episode)
     session = None
-    image = None
     out: list[tuple[dict | None, str | None]] = []
     for sample in samples:
         try:
-            seed = episode_seed(job.seed, sample.case_id, sample.slice_index, sample.label_name)
+            session = session or tool.start(image)
             source = {"dataset": job.dataset, "modality": sample.modality}
-            options = sample_options(sample, image=image, session=session, source=source)
-            traj = rollout(env, expert, options, seed=seed)
-            session, image = env.session, options["image"]
+            episodes = expert_episodes(env, job.data, sample, image, session, source)
         except Exception as err:  # one bad slice must not stop a long generation run
             where = f"{sample.case_id}/{sample.slice_index}/{sample.label_name}"
             out.append((None, f"{where}: {type(err).__name__}: {err}"))
             continue
-        out.append((traj.to_dict(), None) if keep_trajectory(traj.ious, job.expert) else (None, None))
+        out += [(traj.to_dict(), None) if keep else (None, None) for traj, keep in episodes]
     return out
 
 
@@ -192,7 +192,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="base seed (episode seeds derive from it and the key)")
     p.add_argument("--tool-weights", default=None, help="adapted segmenter weights (folder or file)")
     add_episode_args(p)
-    p.add_argument("--max-turns", type=int, default=5, help="turn budget = max expert actions (default 5)")
     p.add_argument("--strategy", default="hybrid", choices=STRATEGIES, help="expert strategy (default hybrid)")
     p.add_argument("--no-rebox", action="store_true", help="click-only corrections: the expert never redraws the box")
     p.add_argument("--limit", type=int, default=None, help="stop after this many new trajectories (benchmarks)")
@@ -216,11 +215,8 @@ def main(argv: list[str] | None = None) -> int:
         tool_weights=args.tool_weights,
         # one torch thread per worker so 2 workers use 2 cores without oversubscription
         threads=1 if args.workers > 1 else min(cpus, 2),
-        env=EnvConfig(max_turns=args.max_turns, prompting=args.prompting, local_radius=args.local_radius),
-        expert=ExpertConfig(
-            max_actions=args.max_turns, strategy=args.strategy, **({"rebox_margins": ()} if args.no_rebox else {})
-        ),
-        seed=args.seed,
+        data=TrajectoryConfig(episode=episode_from_args(args, backend=args.backend), seed=args.seed,
+                              strategy=args.strategy, **({"rebox_margins": ()} if args.no_rebox else {})),
         dataset=str(args.dataset),
     )
     total = count_targets(ds, args)

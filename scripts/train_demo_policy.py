@@ -74,12 +74,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="skip training: install this already trained checkpoint folder (e.g. runs/issue7/ckpt/grpo)")
     args, rest = p.parse_known_args(argv)
     if args.from_checkpoint is None:
-        import importlib.util
+        import subprocess
 
-        spec = importlib.util.spec_from_file_location("_demo_benchmark", ROOT / "scripts" / "benchmark.py")
-        benchmark = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(benchmark)
-        rc = benchmark.main(["--work", str(args.work), "--stages", "data,trajectories,sft,rl", "--seed", "0", *rest])
+        # the benchmark's own command line (a process, not an import: scripts do not import each other)
+        rc = subprocess.call([sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--work", str(args.work),
+                              "--stages", "data,trajectories,sft,rl", "--seed", "0", *rest])
         if rc:
             return rc
         ckpt = args.work / "ckpt" / "grpo"

@@ -26,6 +26,7 @@ import tempfile  # noqa: E402
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from lib.agent.rollout import SCRIPT_BACKENDS
+    from lib.agent.settings import add_episode_args
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--dataset", required=True, type=Path, help="folder with an MSD-style dataset.json")
@@ -40,6 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-minutes", type=float, default=None, help="override RLConfig.max_minutes")
     p.add_argument("--max-slices-per-case", type=int, default=None, help="override RLConfig.max_slices_per_case")
     p.add_argument("--seed", type=int, default=None, help="override RLConfig.seed")
+    add_episode_args(p)
     return p.parse_args(argv)
 
 
@@ -47,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from lib.agent.rollout import load_backend
+    from lib.agent.settings import episode_from_args
     from lib.data.dataset import Dataset
     from lib.learning.checkpoint import publish
     from lib.learning.recipe import load_recipe, to_dict
@@ -55,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     recipe = args.config or (Path(__file__).resolve().parents[1] / "configs" / "rl.yaml")
     cfg = load_recipe(RLConfig, recipe, steps=args.steps, max_minutes=args.max_minutes, seed=args.seed,
                       split=args.split, max_slices_per_case=args.max_slices_per_case)
+    cfg.episode = episode_from_args(args, cfg.episode, backend=args.backend)
     print(f"RL recipe {recipe}: {json.dumps(to_dict(cfg))}")
     tool = load_backend(args.backend, args.tool_weights, threads=cfg.threads or None)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -29,6 +29,7 @@ import time  # noqa: E402
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from lib.agent.rollout import SCRIPT_BACKENDS
+    from lib.agent.settings import add_episode_args
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--dataset", required=True, type=Path, help="folder with an MSD-style dataset.json")
@@ -43,6 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-minutes", type=float, default=None, help="override SFTConfig.max_minutes")
     p.add_argument("--max-slices-per-case", type=int, default=None, help="override data.max_slices_per_case")
     p.add_argument("--seed", type=int, default=None, help="override SFTConfig.seed")
+    add_episode_args(p)
     return p.parse_args(argv)
 
 
@@ -50,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # ---- config ---------------------------------------------------------------------------------
+    from lib.agent.settings import episode_from_args
     from lib.agent.trajectories import read_jsonl, write_jsonl
     from lib.data.dataset import Dataset
     from lib.learning.agent_data import expert_trajectories
@@ -61,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_recipe(SFTConfig, recipe, steps=args.steps, max_minutes=args.max_minutes, seed=args.seed)
     if args.max_slices_per_case is not None:
         cfg.data.max_slices_per_case = args.max_slices_per_case
+    cfg.data.episode = episode_from_args(args, cfg.data.episode, backend=args.backend)
     ds = Dataset.from_dir(args.dataset)
     names = [s.strip() for s in args.labels.split(",")] if args.labels else list(ds.labels.values())
     labels = {n: v for v, n in ds.labels.items() if n in names}

@@ -33,7 +33,8 @@ def build_rows(args: VLMGRPOArguments) -> None:
     ds = Dataset.from_dir(args.source_dataset)
     samples = iter_slices(ds, args.source_split, axis=args.source_axis, min_area=args.source_min_area,
                           max_per_case=args.source_max_per_case)
-    rows = (rl_row(window_slice(s), s.gt, s.label_name, s.case_id, s.slice_index, s.axis) for s in samples)
+    episode = args.episode
+    rows = (rl_row(window_slice(s, episode), s.gt, s.label_name, s.case_id, s.slice_index, s.axis) for s in samples)
     rl_dataset(rows).save_to_disk(args.dataset_path)
 
 

@@ -5,7 +5,6 @@ names to tools, shared by ``scripts/generate_trajectories.py`` and ``scripts/eva
 
 from __future__ import annotations
 
-import argparse
 import time
 import zlib
 from collections.abc import Mapping
@@ -16,33 +15,14 @@ import numpy as np
 
 from lib.agent.env import SegmentationEnv
 from lib.agent.policies.base import Policy
+from lib.agent.settings import EpisodeSettings
 from lib.agent.trajectories import Trajectory, rle_encode
 from lib.data.dataset import SliceSample
-from lib.data.intensity import Windowing
+from lib.data.slices import tool_pixels
 from lib.tools.base import Tool
-from lib.tools.interaction import Prompting
-from lib.tools.local_merge import DEFAULT_LOCAL_RADIUS
 
 #: backends the scripts accept; "fake" is the FakeTool test double, for tests only (never a real model)
 SCRIPT_BACKENDS = ("litemedsam", "sam2", "medsam2", "fake")
-
-
-def _local_radius(text: str) -> float | None:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: the local merge radius is a number >= 0 (0 = off)")
-    return value or None
-
-
-def add_episode_args(parser: argparse.ArgumentParser) -> None:
-    """``--prompting`` and ``--local-radius`` (parsed to None when 0), defaulting to what the app serves, for the
-    scripts whose episodes must match the served agent (trajectories, evaluation, benchmark)."""
-    parser.add_argument("--prompting", default=Prompting.ALL.value, choices=[m.value for m in Prompting],
-                        help="which prompts reach the tool each turn (default all = what the app serves LiteMedSAM "
-                             "with; newest = the reference)")
-    parser.add_argument("--local-radius", type=_local_radius, default=DEFAULT_LOCAL_RADIUS,
-                        help="local merge of each click's answer, multiples of the mask's equivalent radius (0 = off; "
-                             f"default {DEFAULT_LOCAL_RADIUS} = the app's)")
 
 
 def rollout(
@@ -90,7 +70,7 @@ def rollout(
         case_id=str(meta.get("case_id", "")),
         slice_index=None if slice_index is None else int(slice_index),
         label=info.get("target", ""),
-        backend=str(getattr(env.tool, "name", type(env.tool).__name__)),
+        backend=tool_name(env.tool),
         prompting=env.config.prompting.value,
         policy=policy.name,
         shape=list(shape),
@@ -119,22 +99,22 @@ def rollout(
     )
 
 
-def window_slice(sample: SliceSample, windowing: Windowing | None = None) -> np.ndarray:
-    """The slice as a tool takes it: (H, W) float32 in [0, 1], or (H, W, 3) uint8 for a colour image.
-
-    Default windowing: ``Windowing.for_modality`` (CT: level 40 / width 400 HU; else robust percentiles).
-    """
-    img = np.asarray(sample.image)
-    if img.ndim == 3:
-        return img.astype(np.uint8, copy=False)
-    return (windowing or Windowing.for_modality(sample.modality))(img)
+def tool_name(tool: Tool) -> str:
+    """The backend name of a tool (``Tool.name``; the class name for a tool without one)."""
+    return str(getattr(tool, "name", type(tool).__name__))
 
 
-def sample_options(sample: SliceSample, image: np.ndarray | None = None, session: Any = None,
+def window_slice(sample: SliceSample, settings: EpisodeSettings) -> np.ndarray:
+    """The slice as a tool and a policy see it under ``settings`` (its CT window): (H, W) float32 in [0, 1],
+    or (H, W, 3) uint8 for a colour image."""
+    return tool_pixels(sample.image, settings.windowing(sample.modality))
+
+
+def sample_options(sample: SliceSample, image: np.ndarray, session: Any = None,
                    source: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Reset options of ``SegmentationEnv`` for a dataset slice (windowed image, gt, target, meta)."""
+    """Reset options of ``SegmentationEnv`` for a dataset slice: ``image`` is ``window_slice(sample, ...)``."""
     return {
-        "image": window_slice(sample) if image is None else image,
+        "image": image,
         "gt": sample.gt,
         "target": sample.label_name,
         "session": session,

@@ -10,6 +10,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+#: the usual abdominal soft-tissue window (level, width) in HU; ``lib.agent.settings.EpisodeSettings.ct_window``
+#: serves it unless ``--conf ct_window`` says otherwise
+DEFAULT_CT_WINDOW = (40.0, 400.0)
+
 
 @dataclass(frozen=True)
 class Windowing:
@@ -24,8 +28,8 @@ class Windowing:
     """
 
     mode: str = "percentile"
-    level: float = 40.0
-    width: float = 400.0
+    level: float = DEFAULT_CT_WINDOW[0]
+    width: float = DEFAULT_CT_WINDOW[1]
     lower: float = 0.5
     upper: float = 99.5
 

@@ -292,6 +292,15 @@ def _label_array(label: np.ndarray, ref: Volume) -> np.ndarray:
     return lab.astype(np.uint8 if top < 256 else np.uint16)
 
 
+def result_extension(vol: Volume) -> str:
+    """The input's own format when it can hold a label (as MONAI Label's writer does), else .nii.gz."""
+    name = str(vol.path or "").lower()
+    for ext in (".nii.gz", ".nii", ".nrrd", ".png"):
+        if name.endswith(ext):
+            return ext
+    return ".nii.gz"
+
+
 def save_label_like(label: np.ndarray, ref: Volume, path: str | Path) -> Path:
     """Write an integer label map with exactly the reference's geometry (origin, spacing, direction).
 

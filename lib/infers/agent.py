@@ -23,14 +23,15 @@ from fastapi import HTTPException
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
 from lib.agent.actions import Action, Box, Point
-from lib.agent.env import EnvConfig, SegmentationEnv
+from lib.agent.env import SegmentationEnv
 from lib.agent.policies.base import Policy, Prefixed
 from lib.agent.policies.store import PolicyStore
 from lib.agent.rollout import rollout
+from lib.agent.settings import EpisodeSettings
 from lib.data.ijk import request_to_slice_prompts
-from lib.data.io import load_image, save_label_like
+from lib.data.io import load_image, result_extension, save_label_like
+from lib.data.slices import slice_key, volume_slice
 from lib.infers.errors import client_errors
-from lib.infers.interactive import result_extension, slice_key, tool_input, windowing_for
 from lib.tools.provider import ToolProvider
 
 logger = logging.getLogger(__name__)
@@ -89,15 +90,15 @@ class AgentInfer(InferTask):
         store: the published policy (reloaded when training publishes a new one).
         labels: the app's label set (name -> value).
         handoff: False = ``agent`` (autonomous), True = ``agent_handoff``.
-        prompting: which prompts reach the backend each turn.
-        max_turns: default turn budget (executed actions; a request may lower or raise it up to 20).
-        local_radius: local merge of each click's answer (``lib.tools.local_merge``), None = replace.
+        settings: the served episode settings (prompting for this backend, local merge radius, default turn
+            budget — a request may send ``max_turns`` 1..20 —, CT window). A policy trained with other
+            settings is still served, with a logged warning and ``settings_mismatch`` in the result.
         train_hint: what to tell the user when no policy is trained for the requested label.
     """
 
-    def __init__(self, provider: ToolProvider, store: PolicyStore, labels: dict[str, int], handoff: bool = False,
-                 prompting: str = "all", max_turns: int = 5, ct_window=(40.0, 400.0),
-                 train_hint: str = "train one with POST /train/agent_sft", local_radius: float | None = None) -> None:
+    def __init__(self, provider: ToolProvider, store: PolicyStore, labels: dict[str, int],
+                 settings: EpisodeSettings | None = None, handoff: bool = False,
+                 train_hint: str = "train one with POST /train/agent_sft") -> None:
         super().__init__(
             type=InferType.DEEPGROW if handoff else InferType.SEGMENTATION,
             labels=labels,
@@ -107,8 +108,10 @@ class AgentInfer(InferTask):
                          "by itself (box, corrective clicks, stop)"),
         )
         self.provider, self.store, self.handoff = provider, store, handoff
-        self.env_config = EnvConfig(max_turns=max_turns, prompting=prompting, local_radius=local_radius)
-        self.ct_window, self.train_hint = ct_window, train_hint
+        self.settings = settings or EpisodeSettings()
+        self.env_config = self.settings.env_config(provider.name)
+        self.train_hint = train_hint
+        self._checked: tuple[int, list[str]] | None = None
 
     def is_valid(self) -> bool:
         return self.provider.checkpoint_problem() is None
@@ -133,8 +136,9 @@ class AgentInfer(InferTask):
             max_turns = int(request.get("max_turns", self.env_config.max_turns))
             if not 1 <= max_turns <= 20:
                 raise ValueError(f"max_turns must be between 1 and 20, got {max_turns}")
-            win = windowing_for(vol, self.ct_window)
-            pixels = tool_input(vol, slice_index, win)  # the policy looks at the same windowed slice
+            mismatch = self.settings_mismatch(policy)
+            win = self.settings.windowing(vol.modality)
+            pixels = volume_slice(vol, slice_index, win)  # the policy looks at the same windowed slice
             session, cached = self.provider.session(slice_key(vol, slice_index, win), lambda: pixels)
             env = SegmentationEnv(self.provider.tool, replace(self.env_config, max_turns=max_turns))
             with self.store.episode_lock:
@@ -166,6 +170,7 @@ class AgentInfer(InferTask):
             "handoff_actions": len(prefix),
             "backend": self.provider.name,
             "policy": getattr(policy, "name", type(policy).__name__),
+            **({"settings_mismatch": mismatch} if mismatch else {}),
             "latencies": {
                 "encoder_ms": 0.0 if cached else session.encoder_ms,
                 "decoder_ms": traj.timings.get("decoder_ms", 0.0),
@@ -174,6 +179,20 @@ class AgentInfer(InferTask):
                 "embedding_cached": cached,
             },
         }
+
+    def settings_mismatch(self, policy: Policy) -> list[str]:
+        """Where the served settings differ from those ``policy`` was trained with (``policy.episode``);
+        logged once per loaded policy. Policies that record none (the VLM, test doubles) are not checked."""
+        recorded = getattr(policy, "episode", None)
+        if recorded is None:
+            return []
+        if self._checked is None or self._checked[0] != id(policy):
+            diff = self.settings.differences(recorded, self.provider.name)
+            if diff:
+                logger.warning("the agent policy was trained with other episode settings than the server serves "
+                               "(retrain with agent_sft, or serve its settings with --conf): %s", "; ".join(diff))
+            self._checked = (id(policy), diff)
+        return self._checked[1]
 
     @staticmethod
     def _slice(request: dict, vol) -> int | None:

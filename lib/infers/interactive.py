@@ -16,7 +16,6 @@ back the answer they got.
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 import time
 from typing import Any
@@ -24,43 +23,16 @@ from typing import Any
 import numpy as np
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
+from lib.agent.settings import EpisodeSettings
 from lib.data.ijk import request_to_slice_prompts
-from lib.data.intensity import Windowing
-from lib.data.io import Volume, get_slice, load_image, save_label_like
+from lib.data.io import load_image, result_extension, save_label_like
+from lib.data.slices import slice_key, volume_slice
 from lib.infers.errors import client_errors
 from lib.tools.answer_history import Answer, AnswerHistory
-from lib.tools.local_merge import check_local_radius, local_merge
+from lib.tools.local_merge import local_merge
 from lib.tools.provider import ToolProvider
 
 logger = logging.getLogger(__name__)
-
-
-def slice_key(vol: Volume, slice_index: int | None, windowing: Windowing) -> tuple:
-    """Session-cache key of one slice: file identity (path, mtime, size), slice and windowing."""
-    st = os.stat(vol.path)
-    return (os.path.realpath(vol.path), st.st_mtime_ns, st.st_size, slice_index, windowing.key)
-
-
-def windowing_for(vol: Volume, ct_window: tuple[float, float]) -> Windowing:
-    """CT -> HU window; anything else -> robust percentiles."""
-    if vol.modality == "CT":
-        return Windowing(mode="ct", level=ct_window[0], width=ct_window[1])
-    return Windowing(mode="percentile")
-
-
-def tool_input(vol: Volume, slice_index: int | None, windowing: Windowing) -> np.ndarray:
-    """The slice a tool encodes: (H, W) float [0, 1], or (H, W, 3) uint8 for RGB 2D images."""
-    img = get_slice(vol, slice_index)
-    return img if img.ndim == 3 else windowing(img)
-
-
-def result_extension(vol: Volume) -> str:
-    """The input's own format when it can hold a label (as MONAI Label's writer does), else .nii.gz."""
-    name = str(vol.path or "").lower()
-    for ext in (".nii.gz", ".nii", ".nrrd", ".png"):
-        if name.endswith(ext):
-            return ext
-    return ".nii.gz"
 
 
 def label_value(request: dict, labels: dict[str, int]) -> tuple[str, int]:
@@ -77,14 +49,14 @@ class InteractiveInfer(InferTask):
     Args:
         provider: the backend.
         labels: label name -> value of the result.
-        ct_window: (level, width) HU window for CT slices.
-        local_radius: merge a click's answer onto the previous request's answer within this multiple of
-            the mask's equivalent radius; None = each answer replaces the mask.
+        settings: the served episode settings: their CT window, and their local merge radius (a click's
+            answer is merged onto the previous request's answer within this multiple of the mask's
+            equivalent radius; 0 = each answer replaces the mask).
         history: answers remembered for the merge and for undo (LRU).
     """
 
-    def __init__(self, provider: ToolProvider, labels: dict[str, int], ct_window=(40.0, 400.0),
-                 local_radius: float | None = None, history: int = 64) -> None:
+    def __init__(self, provider: ToolProvider, labels: dict[str, int], settings: EpisodeSettings | None = None,
+                 history: int = 64) -> None:
         super().__init__(
             type=InferType.DEEPGROW,
             labels=labels,
@@ -93,8 +65,8 @@ class InteractiveInfer(InferTask):
             "(first click on a slice encodes it; later clicks are fast)",
         )
         self.provider = provider
-        self.ct_window = ct_window
-        self.local_radius = check_local_radius(local_radius)
+        self.settings = settings or EpisodeSettings()
+        self.local_radius = self.settings.merge_radius
         self.history = AnswerHistory(history)
 
     def is_valid(self) -> bool:
@@ -106,7 +78,7 @@ class InteractiveInfer(InferTask):
             vol = load_image(request["image"])
             size_ijk = tuple(reversed(vol.spatial_shape))
             prompts = request_to_slice_prompts(request, size_ijk)
-            win = windowing_for(vol, self.ct_window)
+            win = self.settings.windowing(vol.modality)
             session_key = slice_key(vol, prompts.slice_index, win)
             name, value = label_value(request, self.labels if isinstance(self.labels, dict) else {})
             scope = (session_key, name, self.provider.weights_stamp)
@@ -116,7 +88,7 @@ class InteractiveInfer(InferTask):
             how, decoder_ms, encoder_ms, cached = "repeated", 0.0, 0.0, True
             if answer is None:
                 session, cached = self.provider.session(session_key,
-                                                        lambda: tool_input(vol, prompts.slice_index, win))
+                                                        lambda: volume_slice(vol, prompts.slice_index, win))
                 answer, how, decoder_ms = self._decode(session, scope, prompts)
                 encoder_ms = 0.0 if cached else session.encoder_ms
             label = np.zeros(vol.spatial_shape, dtype=np.uint8)

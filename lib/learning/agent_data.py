@@ -24,17 +24,17 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from lib.agent.env import EnvConfig, SegmentationEnv
+from lib.agent.env import SegmentationEnv
 from lib.agent.expert import STRATEGIES, ExpertConfig, ExpertPolicy, keep_trajectory
-from lib.agent.rollout import episode_seed, rollout, sample_options, window_slice
+from lib.agent.rollout import episode_seed, rollout, sample_options, tool_name, window_slice
+from lib.agent.settings import EpisodeSettings
 from lib.agent.trajectories import Trajectory
 from lib.data.dataset import Case, Dataset, SliceSample, iter_slices
-from lib.data.intensity import Windowing
-from lib.data.io import get_slice, load_image
+from lib.data.io import load_image
+from lib.data.slices import volume_slice
 from lib.learning.recipe import help_field
 from lib.tools.base import Tool
 from lib.tools.cache import SessionCache
-from lib.tools.interaction import Prompting
 
 logger = logging.getLogger(__name__)
 
@@ -58,14 +58,10 @@ class TrajectoryConfig:
     first_episode: int = help_field(
         "index of the first episode per target: a later pass with first_episode=k adds new episodes (new seeds) "
         "to an earlier pass's file instead of repeating them", 0)
-    max_turns: int = help_field("turn budget of the environment and the expert (Box/Point actions)", 5)
-    prompting: str = help_field("which prompts reach the tool each turn: newest (reference), all, all_logits",
-                                Prompting.NEWEST.value)
-    local_radius: float | None = help_field(
-        "local merge of each click's answer, in multiples of the mask's equivalent radius (None = the answer "
-        "replaces the mask; lib.tools.local_merge)", None)
+    episode: EpisodeSettings = help_field(
+        "how episodes are played (prompting, local merge, turn budget = the expert's, CT window, box jitter); "
+        "default: what the app serves", factory=EpisodeSettings)
     seed: int = help_field("base seed; episode seeds derive from it and (case, slice, label, episode)", 0)
-    box_jitter: float = help_field("side fraction of the first box's jitter (a hand-drawn box)", 0.1)
     tau: float = help_field("progress constraint: minimal IoU gain of a kept action", 0.01)
     retries: int = help_field("next-best candidates tried when the best one fails", 3)
     target_iou: float = help_field("the expert stops at this IoU", 0.90)
@@ -84,15 +80,15 @@ class TrajectoryConfig:
             raise ValueError(f"TrajectoryConfig.first_episode must be >= 0, got {self.first_episode}")
         if self.session_cache_mb < 8:
             raise ValueError(f"TrajectoryConfig.session_cache_mb must be >= 8, got {self.session_cache_mb}")
-        self.env_config()  # validates max_turns and prompting with EnvConfig's own messages
+        if isinstance(self.episode, Mapping):
+            self.episode = EpisodeSettings(**self.episode)
+        if not isinstance(self.episode, EpisodeSettings):
+            raise TypeError(f"TrajectoryConfig.episode must be EpisodeSettings, got {type(self.episode).__name__}")
         self.expert_config()
 
-    def env_config(self) -> EnvConfig:
-        return EnvConfig(max_turns=self.max_turns, prompting=self.prompting, local_radius=self.local_radius)
-
     def expert_config(self) -> ExpertConfig:
-        return ExpertConfig(box_jitter=self.box_jitter, tau=self.tau, retries=self.retries,
-                            target_iou=self.target_iou, max_actions=self.max_turns,
+        return ExpertConfig(box_jitter=self.episode.box_jitter, tau=self.tau, retries=self.retries,
+                            target_iou=self.target_iou, max_actions=self.episode.max_turns,
                             box_to_point_prob=self.box_to_point_prob, strategy=self.strategy,
                             rebox_margins=self.rebox_margins)
 
@@ -176,8 +172,7 @@ def expert_trajectories(dataset_or_samples: DataSource, tool: Tool, labels: Mapp
                                 cfg.max_slices_per_case))
     if not targets:
         raise ValueError("no targets: the data has no (slice, label) pair with enough pixels for these labels")
-    env = SegmentationEnv(tool, cfg.env_config())
-    expert_cfg = cfg.expert_config()
+    env = SegmentationEnv(tool, cfg.episode.env_config(tool_name(tool)))
     cache = SessionCache(cfg.session_cache_mb << 20)
     kept: list[Trajectory] = []
     bar = tqdm(targets, unit="target", desc="expert trajectories", disable=progress is not None, mininterval=5)
@@ -185,22 +180,37 @@ def expert_trajectories(dataset_or_samples: DataSource, tool: Tool, labels: Mapp
         if should_stop is not None and should_stop():
             logger.info("expert_trajectories stopped on request after %d targets", n - 1)
             break
-        image = window_slice(sample)
+        image = window_slice(sample, cfg.episode)
         session, _ = cache.get_or_start(slice_key(sample), lambda image=image: tool.start(image))
-        for e in range(cfg.first_episode, cfg.first_episode + cfg.episodes_per_target):
-            key = (sample.case_id, sample.slice_index, sample.label_name) + ((e,) if e else ())
-            seed = episode_seed(cfg.seed, *key)
-            expert = ExpertPolicy(env, expert_cfg)
-            traj = rollout(env, expert, sample_options(sample, image=image, session=session,
-                                                       source={**source, "episode": e}), seed=seed)
-            if keep_trajectory(traj.ious, expert_cfg):
-                kept.append(traj)
+        kept += [t for t, keep in expert_episodes(env, cfg, sample, image, session, source) if keep]
         if progress is not None:
             progress({"stage": "trajectories", "done": n, "kept": len(kept), "total": len(targets)})
         elif n % 10 == 0:
             bar.set_postfix(kept=len(kept), refresh=False)
     logger.info("expert_trajectories: %d kept from %d targets (%d encodes)", len(kept), len(targets), cache.misses)
     return kept
+
+
+def expert_episodes(env: SegmentationEnv, cfg: TrajectoryConfig, sample: SliceSample, image: np.ndarray,
+                    session: Any, source: Mapping[str, Any]) -> list[tuple[Trajectory, bool]]:
+    """The expert's episodes on one target (``cfg.episodes_per_target`` of them, seeded by the target and the
+    episode index), each with whether it is kept (``keep_trajectory``: pruned ones taught nothing).
+
+    Args:
+        env: the environment over the tool, built from ``cfg.episode``.
+        image: the target's slice as ``window_slice(sample, cfg.episode)`` gives it.
+        session: that slice's tool session (shared by every episode and label of the slice).
+        source: provenance copied into each trajectory (dataset, modality, ...), plus the episode index.
+    """
+    expert_cfg = cfg.expert_config()
+    out = []
+    for e in range(cfg.first_episode, cfg.first_episode + cfg.episodes_per_target):
+        key = (sample.case_id, sample.slice_index, sample.label_name) + ((e,) if e else ())
+        seed = episode_seed(cfg.seed, *key)
+        traj = rollout(env, ExpertPolicy(env, expert_cfg), sample_options(
+            sample, image=image, session=session, source={**source, "episode": e}), seed=seed)
+        out.append((traj, keep_trajectory(traj.ious, expert_cfg)))
+    return out
 
 
 class SliceImages:
@@ -211,10 +221,13 @@ class SliceImages:
             folder or ``Dataset`` (cases found by id in either split), ``SliceSample``s, or a mapping
             ``SliceKey -> windowed image``; None = trajectories must carry ``source["image"]`` or
             ``source["dataset"]``.
+        settings: the episode settings the trajectories were played with (their CT window).
         max_volumes: decoded volumes kept in memory (slices of one case are usually read together).
     """
 
-    def __init__(self, source: DataSource | Mapping[SliceKey, np.ndarray] | None = None, max_volumes: int = 2) -> None:
+    def __init__(self, source: DataSource | Mapping[SliceKey, np.ndarray] | None = None,
+                 settings: EpisodeSettings | None = None, max_volumes: int = 2) -> None:
+        self.settings = settings or EpisodeSettings()
         self._images: dict[SliceKey, np.ndarray] = {}
         self._datasets: dict[str, Dataset] = {}
         self._volumes: OrderedDict[tuple[str, str | None], Any] = OrderedDict()
@@ -228,7 +241,7 @@ class SliceImages:
             self._images.update({tuple(k): obs_image(v) for k, v in source.items()})
         elif source is not None:
             for s in source:
-                self._images.setdefault(slice_key(s), obs_image(window_slice(s)))
+                self._images.setdefault(slice_key(s), obs_image(window_slice(s, self.settings)))
 
     def __call__(self, traj: Trajectory) -> np.ndarray:
         """(H, W) float32 in [0, 1]: the slice ``traj`` was played on, as the policy saw it."""
@@ -246,10 +259,7 @@ class SliceImages:
             path = case.image_path
             modality = modality or case.modality
         vol = self._volume(str(path), modality)
-        raw = np.ascontiguousarray(get_slice(vol, index, axis=axis))
-        if raw.ndim == 3:
-            return raw.astype(np.uint8, copy=False)
-        return Windowing.for_modality(vol.modality)(raw)
+        return volume_slice(vol, index, self.settings.windowing(vol.modality), axis=axis)
 
     def _find_case(self, case_id: str, dataset: str | None) -> Case:
         ds = self._default

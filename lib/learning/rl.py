@@ -44,7 +44,8 @@ from lib.agent.policies.base import Policy, Prefixed
 from lib.agent.policies.compact import CompactPolicy
 from lib.agent.policies.compact_net import entropy_of_kind, log_prob
 from lib.agent.rewards import RewardConfig
-from lib.agent.rollout import episode_seed, rollout, sample_options, window_slice
+from lib.agent.rollout import episode_seed, rollout, sample_options, tool_name, window_slice
+from lib.agent.settings import EpisodeSettings
 from lib.agent.trajectories import Trajectory
 from lib.data.dataset import Case, Dataset, SliceSample, split_cases
 from lib.learning.agent_data import DataSource, iter_targets, slice_key
@@ -53,7 +54,6 @@ from lib.learning.recipe import help_field, to_dict
 from lib.learning.sft import torch_threads
 from lib.tools.base import Tool
 from lib.tools.cache import SessionCache
-from lib.tools.interaction import Prompting
 
 logger = logging.getLogger(__name__)
 
@@ -79,11 +79,9 @@ class RLConfig:
         "is close to what the greedy policy would draw and the group compares stop vs refine fairly", 0.5)
     grad_clip: float = help_field("max global gradient norm [1.0]", 1.0)
     handoff_fraction: float = help_field("share of start states that begin with a user's jittered box", 0.75)
-    box_jitter: float = help_field("side fraction of the hand-off box's jitter", 0.1)
-    max_turns: int = help_field("turn budget (Box/Point actions, the hand-off box included)", 5)
-    prompting: str = help_field("which prompts reach the tool each turn", Prompting.NEWEST.value)
-    local_radius: float | None = help_field(
-        "local merge of each click's answer (multiples of the mask's equivalent radius; None = replace)", None)
+    episode: EpisodeSettings = help_field(
+        "how episodes are played (prompting, local merge, turn budget with the hand-off box included, CT window, "
+        "hand-off box jitter); default: what the app serves", factory=EpisodeSettings)
     reward: dict[str, float] = help_field("RewardConfig overrides (default = the reference's reward)", factory=dict)
     split: str = help_field("dataset split to train on (validation cases are held out of it)", "training")
     axis: int = help_field("slicing axis of 3D volumes", 0)
@@ -101,7 +99,7 @@ class RLConfig:
         "oversubscribed CPU multi-threaded torch ops spin: one 2-thread SFT step measured 50x slower than 1 thread", 1)
 
     def __post_init__(self) -> None:
-        for name in ("group_size", "groups_per_step", "steps", "ppo_epochs", "max_turns", "eval_every"):
+        for name in ("group_size", "groups_per_step", "steps", "ppo_epochs", "eval_every"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"RLConfig.{name} must be an int >= 1, got {v!r}")
@@ -120,25 +118,28 @@ class RLConfig:
         for name in ("weight_decay", "kl_coef", "entropy_coef", "quality_weight", "grad_clip", "max_minutes"):
             if getattr(self, name) < 0:
                 raise ValueError(f"RLConfig.{name} must be >= 0, got {getattr(self, name)}")
-        self.env_config()  # RewardConfig / EnvConfig validate the reward weights, turn budget and prompting
+        if isinstance(self.episode, Mapping):
+            self.episode = EpisodeSettings(**self.episode)
+        if not isinstance(self.episode, EpisodeSettings):
+            raise TypeError(f"RLConfig.episode must be EpisodeSettings, got {type(self.episode).__name__}")
+        self.env_config("litemedsam")  # RewardConfig validates the reward weights
 
-    def env_config(self) -> EnvConfig:
-        return EnvConfig(max_turns=self.max_turns, prompting=self.prompting, local_radius=self.local_radius,
-                         reward=RewardConfig(**self.reward))
+    def env_config(self, backend: str) -> EnvConfig:
+        return self.episode.env_config(backend, reward=RewardConfig(**self.reward))
 
 
 class Slices:
     """Start states: each target's windowed image and cached tool session (one encode per slice per run)."""
 
-    def __init__(self, tool: Tool, cache_mb: int) -> None:
-        self.tool = tool
+    def __init__(self, tool: Tool, cache_mb: int, settings: EpisodeSettings) -> None:
+        self.tool, self.settings = tool, settings
         self.cache = SessionCache(int(cache_mb) << 20)
         self._images: dict[tuple, np.ndarray] = {}
 
     def options(self, sample: SliceSample) -> dict[str, Any]:
         key = slice_key(sample)
         if key not in self._images:
-            self._images[key] = window_slice(sample)
+            self._images[key] = window_slice(sample, self.settings)
         image = self._images[key]
         session, _ = self.cache.get_or_start(key, lambda: self.tool.start(image))
         return sample_options(sample, image=image, session=session)
@@ -295,8 +296,8 @@ def _train_grpo(config: RLConfig, samples: Any, tool: Tool, init_dir: str | Path
     if not targets:
         raise ValueError(f"no training targets for the policy's labels {sorted(policy.labels)}")
     train, val = _split_targets(targets, config)
-    env = SegmentationEnv(tool, config.env_config())
-    slices = Slices(tool, config.session_cache_mb)
+    env = SegmentationEnv(tool, config.env_config(tool_name(tool)))
+    slices = Slices(tool, config.session_cache_mb, config.episode)
     opt = torch.optim.AdamW(policy.net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     modes = [m for m, w in (("handoff", config.handoff_fraction), ("autonomous", 1 - config.handoff_fraction)) if w > 0]
     weights = {"handoff": config.handoff_fraction, "autonomous": 1 - config.handoff_fraction}
@@ -309,7 +310,7 @@ def _train_grpo(config: RLConfig, samples: Any, tool: Tool, init_dir: str | Path
             return None
         total = 0.0
         for m in modes:
-            r = evaluate_greedy(policy, env, slices, val, m == "handoff", config.seed + 7, config.box_jitter)
+            r = evaluate_greedy(policy, env, slices, val, m == "handoff", config.seed + 7, config.episode.box_jitter)
             history[f"val_{m}_reward"].append(r["reward"])
             history[f"val_{m}_dice"].append(r["dice"])
             history[f"val_{m}_turns"].append(r["turns"])
@@ -338,7 +339,7 @@ def _train_grpo(config: RLConfig, samples: Any, tool: Tool, init_dir: str | Path
         for _ in range(config.groups_per_step):
             sample = train[int(rng.integers(len(train)))]
             handoff = bool(rng.random() < config.handoff_fraction)
-            box = jittered_box(sample.gt, rng, config.box_jitter) if handoff else None
+            box = jittered_box(sample.gt, rng, config.episode.box_jitter) if handoff else None
             options = slices.options(sample)
             group, rewards = [], []
             for _ in range(config.group_size):
@@ -415,11 +416,12 @@ def _train_grpo(config: RLConfig, samples: Any, tool: Tool, init_dir: str | Path
     (out / "rl_history.json").write_text(json.dumps(history) + "\n", encoding="utf-8")
     stats["time_s"] = time.perf_counter() - t_start
     policy.provenance = {"init_provenance": dict(policy.provenance)}  # keep the SFT record, nested
+    policy.episode = config.episode.record(tool_name(tool))
     policy.save(out, {"stage": "rl", "init": str(init_dir), "steps": n_steps, "episodes": episodes,
                       "metrics": {"val_best": stats["val_best"], "val_init": stats["val_init"],
                                   "reward_first": stats["reward_first"], "reward_last": stats["reward_last"]},
                       "data": {"train_targets": len(train), "val_targets": len(val),
-                               "backend": getattr(tool, "name", type(tool).__name__)},
+                               "backend": tool_name(tool)},
                       "seed": config.seed, "config": to_dict(config),
                       "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     stats["out_dir"] = str(out)

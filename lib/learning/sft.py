@@ -379,7 +379,7 @@ def _train_sft(config: SFTConfig, trajectories: str | Path | Sequence[Trajectory
     val = trajectory_states(val_t, policy.label_index, config.policy)
     if not len(train):
         raise ValueError("the training split has no decision state")
-    pixels = SliceImages(images)
+    pixels = SliceImages(images, config.data.episode)
     by_key = {traj_key(t): t for t in trajs}
     train_b = StateBatcher(train, lambda k: pixels(by_key[k]), config.policy)
     val_b = StateBatcher(val, lambda k: pixels(by_key[k]), config.policy)
@@ -471,6 +471,7 @@ def _train_sft(config: SFTConfig, trajectories: str | Path | Sequence[Trajectory
                      f"SFT: {len(train)} states from {len(train_cases)} cases, {n_steps} steps")
     (out / "sft_history.json").write_text(json.dumps(history) + "\n", encoding="utf-8")
     backends = sorted({t.backend for t in trajs})
+    policy.episode = config.data.episode.record(backends[0])
     policy.save(out, {"stage": "sft", "data": {"trajectories": len(trajs), "backends": backends,
                                                 "train_cases": train_cases, "val_cases": val_cases,
                                                 "datasets": sorted({str(t.source.get("dataset")) for t in trajs})},

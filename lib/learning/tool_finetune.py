@@ -357,6 +357,7 @@ def finetune(
         "steps": {"planned": cfg.steps, "run": result.steps_run, "best": result.best_step,
                   "stopped_early": result.stopped_early},
         "metrics": {"before": result.before, "after": result.after},
+        "episode": cfg.episode_record(),
         "config": cfg.to_dict(),
         "seed": cfg.seed,
         "time": {

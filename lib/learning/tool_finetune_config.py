@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lib.agent.settings import DEFAULT_BOX_JITTER, DEFAULT_PROMPTING
+from lib.data.intensity import DEFAULT_CT_WINDOW
 from lib.tools.interaction import Prompting
 
 
@@ -67,7 +69,8 @@ class ToolFinetuneConfig:
     box_first_prob: float = _help(
         "share of sessions that start with a jittered box (the rest: a positive interior click, as NoC does)", 0.8
     )
-    box_jitter: float = _help("box side jitter as a fraction of the side length (lib.agent.clicks)", 0.1)
+    box_jitter: float = _help("box side jitter as a fraction of the side length (lib.agent.clicks)",
+                              DEFAULT_BOX_JITTER)
     prompting_mix: dict[str, float] = _help(
         "probability of each prompting mode per step (newest / all / all_logits)",
         factory=lambda: {"all": 0.5, "all_logits": 0.5, "newest": 0.0},
@@ -82,13 +85,15 @@ class ToolFinetuneConfig:
     axis: int = _help("slicing axis of (K, J, I) volumes (0 = K)", 0)
     min_area: int = _help("a (slice, label) pair needs at least this many pixels", 20)
     max_per_case: int | None = _help("cap of (slice, label) items per case, evenly spaced (None = all)", None)
-    ct_window: tuple[float, float] = _help("CT window (level, width) in HU, as the app's ct_window", (40.0, 400.0))
+    ct_window: tuple[float, float] = _help("CT window (level, width) in HU, as the app's ct_window",
+                                           DEFAULT_CT_WINDOW)
     cache_dir: str = _help("embedding cache folder (reused across runs)", "runs/embedding_cache")
     # -- validation / early stopping -----------------------------------------------------------
     val_fraction: float = _help("share of cases (never slices) held out for validation", 0.2)
     val_every: int = _help("validate every this many steps", 250)
     val_clicks: int = _help("validation: Dice after the box and after 1..val_clicks corrective clicks", 4)
-    val_prompting: str = _help("prompting mode validated (the one the app will use)", "all")
+    val_prompting: str = _help("prompting mode validated (the one the app will use)",
+                               DEFAULT_PROMPTING["litemedsam"])
     val_noc_max_clicks: int = _help("validation NoC@85 click budget (click-only protocol)", 5)
     max_val_samples: int | None = _help("cap of validation items, evenly spaced (None = all)", 16)
     patience: int = _help("stop after this many validations without improvement (0 = never stop early)", 5)
@@ -170,6 +175,11 @@ class ToolFinetuneConfig:
         if not isinstance(values, dict):
             raise ValueError(f"{path} must hold a mapping of ToolFinetuneConfig fields")
         return cls.from_dict(values, **overrides)
+
+    def episode_record(self) -> dict[str, Any]:
+        """The episode settings these weights are made for, under the ``--conf`` keys' names (the subset
+        of ``EpisodeSettings.record`` a segmenter depends on: its prompting and the CT window)."""
+        return {"prompting": self.val_prompting, "ct_window": list(self.ct_window)}
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready copy (tuples become lists)."""

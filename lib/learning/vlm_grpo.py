@@ -39,12 +39,13 @@ from typing import Any
 import numpy as np
 
 from lib.agent.env import EnvConfig, SegmentationEnv
+from lib.agent.settings import DEFAULT_LOCAL_RADIUS, DEFAULT_MAX_TURNS, EpisodeSettings
 from lib.agent.trajectories import rle_decode, rle_encode
 from lib.agent.vlm_image import MODEL_IMAGE_SIZE, OVERLAY_ALPHA, model_image
 from lib.agent.vlm_prompt import SYSTEM_PROMPT, Turn, chat_messages, user_text
+from lib.data.intensity import DEFAULT_CT_WINDOW
 from lib.learning.vlm_sft import VLMSFTArguments
 from lib.tools.base import Tool
-from lib.tools.interaction import Prompting
 
 
 # -- rewards (TRL contract: f(prompts=, completions=, **columns) -> list[float | None]) --------------------
@@ -122,8 +123,9 @@ class VLMGRPOArguments(VLMSFTArguments):
         backend: segmentation tool of the environment ("litemedsam", "sam2", "medsam2"; "fake" in tests).
         tool_weights: checkpoint of the tool (None = the bundle's default).
         tool_device: device of the tool ("cpu", "cuda", ...).
-        max_turns: Box/Point actions per episode (design default 5: the reference's inference cap).
-        prompting: prompts the tool sees each turn (``Prompting``; reference: "newest").
+        prompting / local_radius / max_turns / ct_window: the episode settings (``EpisodeSettings``, flat here
+            because TRL's parser takes flat fields); defaults = what the app serves. ``prompting`` None = the
+            served mode of ``backend`` (the reference used "newest"; measured harmful for LiteMedSAM).
         invalid_penalty: per-step penalty of an invalid action inside the environment.
         image_size / overlay_alpha: the model image, as at inference.
         rewards: names in ``REWARD_FUNCS``, weighted by ``GRPOConfig.reward_weights`` in the same order.
@@ -135,8 +137,10 @@ class VLMGRPOArguments(VLMSFTArguments):
     backend: str = "litemedsam"
     tool_weights: str | None = None
     tool_device: str = "cpu"
-    max_turns: int = 5
-    prompting: str = "newest"
+    prompting: str | None = None
+    local_radius: float = DEFAULT_LOCAL_RADIUS
+    max_turns: int = DEFAULT_MAX_TURNS
+    ct_window: list[float] = field(default_factory=lambda: list(DEFAULT_CT_WINDOW))
     invalid_penalty: float = 0.1
     image_size: int = MODEL_IMAGE_SIZE
     overlay_alpha: float = OVERLAY_ALPHA
@@ -152,12 +156,17 @@ class VLMGRPOArguments(VLMSFTArguments):
         unknown = [r for r in self.rewards if r not in REWARD_FUNCS]
         if unknown or not self.rewards:
             raise ValueError(f"rewards must name functions of {sorted(REWARD_FUNCS)}, got {self.rewards}")
-        Prompting(self.prompting)  # ValueError naming the allowed values
-        if self.max_turns < 1:
-            raise ValueError(f"max_turns must be >= 1, got {self.max_turns}")
+        self.episode  # noqa: B018  (EpisodeSettings validates the episode fields, naming the allowed values)
+
+    @property
+    def episode(self) -> EpisodeSettings:
+        """The episode settings of this run, as the app's ``EpisodeSettings``."""
+        prompting = {self.backend: self.prompting} if self.prompting else {}
+        return EpisodeSettings(prompting=prompting, local_radius=self.local_radius, max_turns=self.max_turns,
+                               ct_window=tuple(self.ct_window))
 
     def env_config(self) -> EnvConfig:
-        return EnvConfig(max_turns=self.max_turns, prompting=self.prompting, invalid_penalty=self.invalid_penalty)
+        return self.episode.env_config(self.backend, invalid_penalty=self.invalid_penalty)
 
 
 # -- episodes -----------------------------------------------------------------------------------------------

@@ -78,7 +78,7 @@ class ToolProvider:
             meta = json.loads(adapted.with_suffix(".json").read_text())
         except (OSError, ValueError):
             return out
-        out.update({k: meta[k] for k in ("time", "steps", "metrics", "data") if k in meta})
+        out.update({k: meta[k] for k in ("time", "steps", "metrics", "data", "episode") if k in meta})
         return out
 
     @property

@@ -20,6 +20,7 @@ from typing import Any
 from fastapi import HTTPException
 from monailabel.interfaces.tasks.train import TrainTask
 
+from lib.agent.settings import EpisodeSettings
 from lib.data.dataset import Case, Dataset, iter_slices
 from lib.tools.provider import ToolProvider
 
@@ -63,12 +64,11 @@ class AgentTrainTask(TrainTask):
     name = "agent"
 
     def __init__(self, provider: ToolProvider, labels: dict[str, int], policy_dir: Path | str,
-                 description: str, prompting: str = "all", max_turns: int = 5,
-                 local_radius: float | None = None) -> None:
+                 settings: EpisodeSettings, description: str) -> None:
         super().__init__(description)
         self.provider = provider
-        # trained with the prompting and budget it will be served with, so train and infer cannot drift
-        self.prompting, self.max_turns, self.local_radius = prompting, max_turns, local_radius
+        # trained with the very settings object the infer tasks serve, so train and infer cannot drift
+        self.settings = settings
         self.labels = labels
         self.policy_dir = Path(policy_dir)
         self.stats_path = self.policy_dir.parent / f"{self.name}_stats.json"
@@ -153,8 +153,7 @@ class AgentSFTTask(AgentTrainTask):
         from lib.learning.sft import SFTConfig, train_sft
 
         samples = self.samples(req, dataset)
-        data = TrajectoryConfig(prompting=self.prompting, max_turns=self.max_turns, local_radius=self.local_radius,
-                                seed=int(req["seed"]))
+        data = TrajectoryConfig(episode=self.settings, seed=int(req["seed"]))
         config = SFTConfig(data=data, seed=int(req["seed"]),
                            **({"steps": int(req["steps"])} if req.get("steps") else {}))
         trajectories = expert_trajectories(samples, self.provider.tool, self.targets(req), config=data,
@@ -180,8 +179,7 @@ class AgentRLTask(AgentTrainTask):
         if not (self.policy_dir / "policy.json").is_file():
             raise HTTPException(status_code=422, detail="agent_rl starts from the SFT policy: run agent_sft first")
         samples = self.samples(req, dataset)
-        config = RLConfig(seed=int(req["seed"]), prompting=self.prompting, max_turns=self.max_turns,
-                          local_radius=self.local_radius,
+        config = RLConfig(seed=int(req["seed"]), episode=self.settings,
                           **({"steps": int(req["steps"])} if req.get("steps") else {}))
         stats = train_grpo(config, samples, self.provider.tool, self.policy_dir, out, progress=progress)
         return {"n_slices": len(samples), **stats}

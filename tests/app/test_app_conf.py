@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+from lib.agent.settings import EpisodeSettings
 from lib.configs.app_conf import AppConf
 from lib.configs.labels import resolve_labels
 
@@ -9,9 +10,12 @@ from lib.configs.labels import resolve_labels
 def test_defaults_and_typed_parsing():
     c = AppConf.parse({"backends": "litemedsam, medsam2", "threads": "2", "ct_window": "50,350", "preload": "true",
                        "labels": '{"liver": 1}', "prompting": '{"litemedsam": "newest"}', "models": "ignored"})
-    assert c.backends == ("litemedsam", "medsam2") and c.threads == 2 and c.ct_window == (50.0, 350.0)
+    assert c.backends == ("litemedsam", "medsam2") and c.threads == 2 and c.episode.ct_window == (50.0, 350.0)
     assert c.preload is True and c.labels == {"liver": 1}
-    assert c.prompting["litemedsam"] == "newest" and c.prompting["medsam2"] == "all_logits"
+    assert c.episode.prompting["litemedsam"] == "newest" and c.episode.prompting["medsam2"] == "all_logits"
+    # keys left out keep EpisodeSettings' defaults: what the app serves is defined once
+    default = EpisodeSettings()
+    assert c.episode.local_radius == default.local_radius and c.episode.max_turns == default.max_turns
     assert AppConf.parse({}).backends == ("litemedsam", "sam2", "medsam2")
 
 
@@ -24,6 +28,9 @@ def test_defaults_and_typed_parsing():
     ({"labels": '{"liver": 0}'}, "positive integer"),
     ({"prompting": '{"litemedsam": "sometimes"}'}, "one of"),
     ({"session_cache_mb": "0"}, "> 0"),
+    ({"max_turns": "0"}, "max_turns"),
+    ({"local_radius": "-1"}, "local_radius"),
+    ({"box_jitter": "0.7"}, "box_jitter"),
 ])
 def test_bad_conf_values_are_explained(conf, message):
     with pytest.raises(ValueError, match=message):

@@ -13,6 +13,7 @@ from lib.agent.env import SegmentationEnv
 from lib.agent.policies.compact import CompactPolicy
 from lib.agent.policies.compact_net import log_prob
 from lib.agent.rollout import sample_options, window_slice
+from lib.agent.settings import EpisodeSettings
 from lib.data.dataset import SliceSample
 from lib.learning.rl import RLConfig, expected_reward, grpo_update, train_grpo
 from lib.tools.fake import FakeTool
@@ -42,9 +43,10 @@ def test_grpo_raises_the_expected_reward_on_a_known_task(init_dir, tmp_path):
     tool = FakeTool()
     sample = _disk_sample()
     cfg = RLConfig(group_size=8, groups_per_step=2, steps=12, lr=3e-3, ppo_epochs=2, kl_coef=0.0,
-                   handoff_fraction=0.0, max_turns=3, val_fraction=0.0, max_minutes=0, seed=0)
-    env = SegmentationEnv(tool, cfg.env_config())
-    options = sample_options(sample, image=window_slice(sample))
+                   handoff_fraction=0.0, episode=EpisodeSettings(max_turns=3), val_fraction=0.0, max_minutes=0,
+                   seed=0)
+    env = SegmentationEnv(tool, cfg.env_config(tool.name))
+    options = sample_options(sample, image=window_slice(sample, cfg.episode))
     before = _expected(init_dir, env, options)
     seen = []
     stats = train_grpo(cfg, [sample], tool, init_dir, tmp_path / "rl", progress=seen.append)

@@ -63,10 +63,10 @@ def _run(script: str, *args: str) -> subprocess.CompletedProcess:
 def test_train_sft_rl_and_evaluate_compact_end_to_end(tiny_dataset, tmp_path, capsys):
     sft_yaml = tmp_path / "sft.yaml"
     sft_yaml.write_text(yaml.safe_dump({"policy": to_dict(TINY), "steps": 8, "batch_size": 8, "eval_every": 4,
-                                        "val_fraction": 0.5, "data": {"max_turns": 3}}))
+                                        "val_fraction": 0.5, "data": {"episode": {"max_turns": 3}}}))
     rl_yaml = tmp_path / "rl.yaml"
     rl_yaml.write_text(yaml.safe_dump({"steps": 2, "group_size": 2, "groups_per_step": 1, "eval_every": 1,
-                                       "val_fraction": 0.5, "val_targets": 2, "max_turns": 3}))
+                                       "val_fraction": 0.5, "val_targets": 2, "episode": {"max_turns": 3}}))
     traj = tmp_path / "traj.jsonl"
     _main("train_sft.py", "--dataset", str(tiny_dataset), "--out", str(tmp_path / "sft"), "--backend", "fake",
           "--config", str(sft_yaml), "--trajectories", str(traj))

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from lib.agent.policies.compact import CompactPolicy
+from lib.agent.settings import EpisodeSettings
 from lib.agent.trajectories import read_jsonl, write_jsonl
 from lib.learning.agent_data import TrajectoryConfig, expert_trajectories
 from lib.learning.recipe import load_recipe
@@ -19,7 +20,7 @@ from .conftest import LABELS, TINY, toy_samples
 @pytest.fixture(scope="module")
 def trajectories():
     tool = FakeTool()
-    cfg = TrajectoryConfig(episodes_per_target=2, max_turns=3)
+    cfg = TrajectoryConfig(episodes_per_target=2, episode=EpisodeSettings(max_turns=3))
     trajs = expert_trajectories(toy_samples(n_cases=3, slices=2), tool, LABELS, cfg)
     # one encode per slice, shared by both labels and both episodes of each
     assert tool.encoder_calls == 6

@@ -99,7 +99,7 @@ class CompactPolicy(Policy):
     def __init__(self, labels: Mapping[str, int], config: CompactConfig | None = None, device: str = "cpu",
                  greedy: bool = True, temperature: float = 1.0, coord_temperature: float | None = None,
                  stop_on_repeat: bool = True,
-                 provenance: Mapping[str, Any] | None = None) -> None:
+                 provenance: Mapping[str, Any] | None = None, episode: Mapping[str, Any] | None = None) -> None:
         self._labels = _check_labels(labels)
         ranked = sorted(self._labels.items(), key=lambda kv: (kv[1], kv[0]))
         self._index = {name: i for i, (name, _) in enumerate(ranked)}
@@ -116,6 +116,8 @@ class CompactPolicy(Policy):
         self.coord_temperature = None if coord_temperature is None else float(coord_temperature)
         self.stop_on_repeat = bool(stop_on_repeat)
         self.provenance: dict[str, Any] = dict(provenance or {})
+        #: the episode settings it was trained with (``EpisodeSettings.record``); empty = not recorded
+        self.episode: dict[str, Any] = dict(episode or {})
         self.last_quality: float | None = None
         self.last_log_prob: float | None = None
         self.recording = False
@@ -198,12 +200,13 @@ class CompactPolicy(Policy):
             "label_order": sorted(self._labels, key=lambda n: self._index[n]),
             "kinds": list(KINDS),
             "preprocessing": {
-                "input": "obs['image']: the windowed (H, W) slice, float in [0, 1] (lib.data.intensity.Windowing "
-                         "per modality, as the environment receives it)",
+                "input": "obs['image']: the windowed (H, W) slice, float in [0, 1] (lib.data.slices.windowing_for "
+                         "with the CT window under 'episode', as the environment receives it)",
                 "resize": f"bilinear, align_corners geometry, to {self.config.size}x{self.config.size}",
                 "channels": list(CHANNELS),
                 "coordinates": "pixel (x, y) = (column, row); box bins and click cells in align_corners geometry",
             },
+            "episode": dict(self.episode),
             "provenance": dict(self.provenance),
         }
 
@@ -250,7 +253,7 @@ class CompactPolicy(Policy):
         arch = dict(meta["architecture"])
         arch["widths"] = tuple(arch["widths"])
         policy = cls(meta["labels"], CompactConfig(**arch), device=device,
-                     provenance=meta.get("provenance", {}), **kwargs)
+                     provenance=meta.get("provenance", {}), episode=meta.get("episode"), **kwargs)
         state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
         policy.net.load_state_dict(state, strict=True)
         policy.net.to(policy.device).eval()
