@@ -1,9 +1,10 @@
 #!/usr/bin/env python
-"""Released vs adapted segmenter weights on held-out cases: Dice per click per prompting mode, NoC@85.
+"""Released vs adapted segmenter weights on held-out cases: Dice per click per prompting mode, NoC@85/90.
 
 Every (slice, label) item of the dataset's ``test`` cases gets a jittered box, then expert corrective
 clicks, through the real inference path (``Interaction`` over a ``ToolSession``), for each prompting mode
-(all / all_logits / newest) and each set of weights; NoC@85 uses the standard click-only protocol. The
+(all / all_logits / newest) and each set of weights; NoC@85 and NoC@90 use the standard click-only protocol.
+Beside them, the trivial baseline of design §6: the ellipse inscribed in the same box (no model). The
 image embeddings come from the same on-disk cache training uses (the encoder is frozen, so released and
 adapted weights share them). Writes ``tool_eval.json`` (rows + summary), ``tool_eval.md`` (tables) and
 ``dice_per_click.png`` to ``--out``, and prints the best prompting mode per set of weights.
@@ -46,7 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="local merge radii to compare, comma separated (multiples of the mask's equivalent radius; "
                         "'none' = each click's answer replaces the mask), e.g. none,0.5,1")
     p.add_argument("--clicks", type=int, default=4, help="corrective clicks after the box")
-    p.add_argument("--noc-max", type=int, default=20, help="NoC@85 click budget")
+    p.add_argument("--noc-max", type=int, default=20, help="NoC@85 / NoC@90 click budget")
     p.add_argument("--max-per-case", type=int, default=None, help="cap of (slice, label) items per case")
     p.add_argument("--labels", default=None, help="label names, comma separated (default: all)")
     p.add_argument("--seed", type=int, default=0)
@@ -58,24 +59,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def markdown(summary: dict, clicks: int) -> str:
     after = [f"+{c} click{'s' if c > 1 else ''}" for c in range(1, clicks + 1)]
-    head = ["weights", "prompting", "n", "box only", *after, f"{clicks} clicks − box", "monotone",
-            "NoC@85 (clicks only)", "reached 0.85"]
+    head = ["weights", "prompting", "n", "ellipse in box", "box only", *after, f"{clicks} clicks − box", "monotone",
+            "NoC@85 (clicks only)", "reached 0.85", "NoC@90", "reached 0.90"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for weights, per_mode in summary.items():
         for mode, s in per_mode.items():
             d = s["dice_per_click"]
-            cells = [weights, mode, str(s["n"]), *[f"{v:.3f}" for v in d], f"{d[-1] - d[0]:+.3f}",
-                     "yes" if s["monotone"] else "no", f"{s['noc@85']:.2f}", f"{100 * s['reached@85']:.0f}%"]
+            cells = [weights, mode, str(s["n"]), _num(s.get("ellipse"), 3), *[f"{v:.3f}" for v in d],
+                     f"{d[-1] - d[0]:+.3f}", "yes" if s["monotone"] else "no", f"{s['noc@85']:.2f}",
+                     f"{100 * s['reached@85']:.0f}%", _num(s.get("noc@90"), 2),
+                     "–" if s.get("reached@90") is None else f"{100 * s['reached@90']:.0f}%"]
             lines.append("| " + " | ".join(cells) + " |")
-    per_label = ["", "| weights | prompting | label | n | box only | after each click | NoC@85 |",
-                 "|---|---|---|---|---|---|---|"]
+    per_label = ["", "| weights | prompting | label | n | ellipse in box | box only | after each click | NoC@85 | "
+                     "NoC@90 |", "|---|---|---|---|---|---|---|---|---|"]
     for weights, per_mode in summary.items():
         for mode, s in per_mode.items():
             for label, pl in s["per_label"].items():
                 d = pl["dice_per_click"]
-                per_label.append(f"| {weights} | {mode} | {label} | {pl['n']} | {d[0]:.3f} | "
-                                 f"{' → '.join(f'{v:.3f}' for v in d[1:])} | {pl['noc@85']:.2f} |")
+                per_label.append(f"| {weights} | {mode} | {label} | {pl['n']} | {_num(pl.get('ellipse'), 3)} | "
+                                 f"{d[0]:.3f} | {' → '.join(f'{v:.3f}' for v in d[1:])} | {pl['noc@85']:.2f} | "
+                                 f"{_num(pl.get('noc@90'), 2)} |")
     return "\n".join(lines + per_label) + "\n"
+
+
+def _num(value: float | None, digits: int) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
 
 
 def main(argv: list[str] | None = None) -> int:
