@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from lib.agent.settings import EpisodeSettings, parse_ct_window
+from lib.tools.encoder_runtime import RUNTIMES
 from lib.tools.registry import BACKENDS
 
 TRUE = {"1", "true", "yes", "on", "y", "t"}
@@ -39,6 +40,7 @@ class AppConf:
             whose checkpoint is missing is left out of /info with a logged reason.
         device: "cpu" or "cuda[:n]" for the tools.
         threads: torch intra-op threads (0 = torch default).
+        encoder_runtime: LiteMedSAM image-encoder runtime: auto (fastest installed) | torch | onnxruntime | openvino.
         session_cache_mb: memory for cached slice embeddings (LRU), MiB.
         sam2_checkpoint / sam2_config: user-supplied SAM 2.1 checkpoint and Hydra config.
         medsam2_checkpoint: user-supplied MedSAM2_latest.pt.
@@ -63,6 +65,7 @@ class AppConf:
     backends: tuple[str, ...] = BACKENDS
     device: str = "cpu"
     threads: int = 0
+    encoder_runtime: str = "auto"
     session_cache_mb: int = 512
     sam2_checkpoint: str = ""
     sam2_config: str = "configs/sam2.1/sam2.1_hiera_t.yaml"
@@ -81,6 +84,8 @@ class AppConf:
         unknown = [b for b in self.backends if b not in BACKENDS]
         if unknown:
             raise ValueError(f"--conf backends: unknown {unknown}; choose from {', '.join(BACKENDS)}")
+        if self.encoder_runtime not in RUNTIMES:
+            raise ValueError(f"--conf encoder_runtime {self.encoder_runtime!r}: use one of {', '.join(RUNTIMES)}")
         if self.policy not in ("compact", "vlm"):
             raise ValueError(f"--conf policy {self.policy!r}: use compact or vlm")
         if self.agent_backend not in BACKENDS:
@@ -114,6 +119,8 @@ class AppConf:
                     kw[key] = int(v)
                 except ValueError:
                     raise ValueError(f"--conf {key} {v!r}: expected an integer") from None
+            elif key == "encoder_runtime":
+                kw[key] = v.strip().lower()
             elif key in ("preload", "demo_policy"):
                 kw[key] = _bool(key, v)
             elif key == "labels":
