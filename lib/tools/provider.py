@@ -45,8 +45,8 @@ class ToolProvider:
         self._lock = threading.Lock()
         self._mtime: float | None = None
 
-    def checkpoint_problem(self) -> str | None:
-        """Why this backend cannot load (a missing checkpoint), or None. Cheap: loads no weights."""
+    def _config(self):
+        """The bundle's inference config with this provider's overrides (a ``monai.bundle.ConfigParser``)."""
         from monai.bundle import ConfigParser
 
         parser = ConfigParser()
@@ -54,6 +54,11 @@ class ToolProvider:
         parser["bundle_root"] = str(self.bundle.resolve())
         for k, v in self.overrides.items():
             parser[k] = v
+        return parser
+
+    def checkpoint_problem(self) -> str | None:
+        """Why this backend cannot load (a missing checkpoint), or None. Cheap: loads no weights."""
+        parser = self._config()
         if "checkpoint" not in parser:
             return None
         ckpt = parser.get_parsed_content("checkpoint")
@@ -67,13 +72,40 @@ class ToolProvider:
         files = list(self.models_dir.glob("*.pt")) if self.models_dir.is_dir() else []
         return max((f.stat().st_mtime for f in files), default=None)
 
+    def encoder_info(self) -> dict[str, Any]:
+        """Which runtime runs the image encoder, without loading the tool.
+
+        Loaded: the tool's own report (``lib.tools.encoder_runtime.EncoderRunner.info``: ``encoder_runtime``
+        = what answers now, ``encoder_state`` ready | exporting | fallback, and the fallback reason).
+        Not loaded yet: the runtime the configuration resolves to, ``encoder_state`` "not loaded".
+        Backends without a runtime option report torch.
+        """
+        tool = self._tool
+        if tool is not None:
+            info = getattr(tool, "encoder_info", None)
+            return info() if info else {"encoder_runtime": "torch", "encoder_state": "ready"}
+        from lib.tools.encoder_runtime import resolve_runtime
+
+        try:
+            parser = self._config()
+            if "encoder_runtime" not in parser:
+                return {"encoder_runtime": "torch", "encoder_state": "not loaded"}
+            requested = parser.get_parsed_content("encoder_runtime")
+            device = str(parser.get_parsed_content("device")) if "device" in parser else "cpu"
+            return {"encoder_runtime": resolve_runtime(requested, "cuda" if device.startswith("cuda") else "cpu"),
+                    "encoder_state": "not loaded", "encoder_requested": requested}
+        except Exception as e:  # noqa: BLE001 — /info must answer even with a broken override
+            return {"encoder_runtime": "unknown", "encoder_state": f"config error: {e}"}
+
     def weights_info(self) -> dict[str, Any]:
-        """Which weights the tool serves, without loading it: ``{"weights": "adapted" | "released", ...}``
-        plus the adapted file and the provenance written beside it (``adapted.json``) when present."""
+        """Which weights the tool serves and which runtime runs its image encoder, without loading it:
+        ``{"weights": "adapted" | "released", **encoder_info()}`` plus the adapted file and the provenance
+        written beside it (``adapted.json``) when present."""
         adapted = Path(self.overrides.get("adapted") or self.models_dir / "adapted.pt")
+        encoder = self.encoder_info()
         if not adapted.is_file():
-            return {"weights": "released"}
-        out: dict[str, Any] = {"weights": "adapted", "adapted": str(adapted)}
+            return {"weights": "released", **encoder}
+        out: dict[str, Any] = {"weights": "adapted", "adapted": str(adapted), **encoder}
         try:
             meta = json.loads(adapted.with_suffix(".json").read_text())
         except (OSError, ValueError):
@@ -95,6 +127,11 @@ class ToolProvider:
                 self._mtime = mtime
                 self.cache.clear()
                 logger.info("loaded %s (%s) in %.1fs", self.name, self._tool.weights, time.perf_counter() - t0)
+                prepare = getattr(self._tool, "prepare_encoder", None)
+                if prepare:
+                    # load the cached fast encoder now, or start exporting it in the background (the tool
+                    # encodes in torch until it is ready): loading is the server's "first use"
+                    prepare()
             return self._tool
 
     @property
