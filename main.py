@@ -58,7 +58,7 @@ class MedSAMAgentApp(MONAILabelApp):
     def _make_providers(self) -> dict[str, lib.tools.provider.ToolProvider]:
         c = self.app_conf
         overrides = {
-            "litemedsam": {"device": c.device, "threads": c.threads},
+            "litemedsam": {"device": c.device, "threads": c.threads, "encoder_runtime": c.encoder_runtime},
             "sam2": {"device": c.device, "checkpoint": c.sam2_checkpoint, "model_config": c.sam2_config},
             "medsam2": {"device": c.device, "checkpoint": c.medsam2_checkpoint},
         }
