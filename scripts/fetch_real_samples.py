@@ -13,6 +13,7 @@ Examples::
     python scripts/fetch_real_samples.py --sdist totalsegmentator-2.18.0.tar.gz   # from a local copy
     python scripts/fetch_real_samples.py --check               # only report; never touches the network
     python scripts/fetch_real_samples.py --out sample-data/real   # also write the MSD-style folder
+    python scripts/fetch_real_samples.py --adaptation-sets runs/real_adapt/data   # CT->MR and MR->CT sets
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--check", action="store_true", help="only report whether the samples are cached (no network)")
     p.add_argument("--out", type=Path, default=None,
                    help="also write the MSD-style folder of the real studies here (CT in training, MR in test)")
+    p.add_argument("--adaptation-sets", type=Path, default=None,
+                   help="also write DIR/ct_to_mr and DIR/mr_to_ct: adapt on one real study (cut into 4 slabs, one "
+                        "validates) and test on the other (tool adaptation benchmark)")
     p.add_argument("--quiet", action="store_true", help="print nothing when the samples are already cached")
     args = p.parse_args(argv)
 
@@ -51,6 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is not None:
         rs.write_msd_dataset(args.out, args.cache)
         print(f"[real-samples] wrote {args.out / 'dataset.json'}")
+    if args.adaptation_sets is not None:
+        pairs = (("real_ct_001", "real_mr_001", "ct_to_mr"), ("real_mr_001", "real_ct_001", "mr_to_ct"))
+        for train, test, sub in pairs:
+            rs.write_adaptation_dataset(args.adaptation_sets / sub, train, test, cache=args.cache)
+            print(f"[real-samples] wrote {args.adaptation_sets / sub / 'dataset.json'}")
     return 0
 
 

@@ -417,3 +417,56 @@ def write_msd_dataset(out: str | Path, cache: str | Path | None = None) -> Path:
     (out / "dataset.json").write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
     return out
 
+
+def write_adaptation_dataset(out: str | Path, train: str, test: str, n_slabs: int = 4,
+                             cache: str | Path | None = None) -> Path:
+    """MSD folder for adapting a segmenter on one real study and testing it on the other::
+
+        out/imagesTr/<train>_slab<s>.nii.gz + out/labelsTr/...   "training": ``train`` cut along k into
+                                                                  ``n_slabs`` contiguous slabs
+        out/imagesTs/<test>.nii.gz + out/labelsTs/...             "test": the whole ``test`` study
+
+    Fine-tuning (``lib.learning.tool_finetune``) splits by case and needs at least two; the slabs make one
+    study several cases, so one slab validates (early stopping) while the others train, and no slice of the
+    test study is ever seen. Slabs keep their physical position (origin of their first slice). ``labels``
+    lists the values present in either study. Returns ``out``.
+    """
+    if train == test:
+        raise ValueError("adapt on one study and test on the other")
+    if n_slabs < 2:
+        raise ValueError(f"n_slabs must be >= 2 (one slab validates), got {n_slabs}")
+    out = Path(out)
+    image, label = load_sample(train, cache)
+    present = set(np.unique(label).tolist())
+    training = []
+    for s, ks in enumerate(np.array_split(np.arange(image.array.shape[0]), n_slabs)):
+        k0, k1 = int(ks[0]), int(ks[-1]) + 1
+        sub = image.image[:, :, k0:k1]  # SimpleITK slicing keeps each voxel's physical position
+        vol = Volume(array=image.array[k0:k1], image=sub, modality=image.modality)
+        file = f"{train}_slab{s}.nii.gz"
+        (out / "imagesTr").mkdir(parents=True, exist_ok=True)
+        sitk.WriteImage(sub, str(out / "imagesTr" / file), useCompression=True)
+        save_label_like(label[k0:k1], vol, out / "labelsTr" / file)
+        training.append({"image": f"imagesTr/{file}", "label": f"labelsTr/{file}", "modality": image.modality,
+                         "slices": [k0, k1]})
+    file = f"{test}.nii.gz"
+    _, test_label = write_sample(test, out / "imagesTs" / file, out / "labelsTs" / file, cache)
+    present |= set(np.unique(test_label).tolist())
+    spec = {
+        "name": f"MedSAM-Agent real samples: adapt on {train}, test on {test}",
+        "description": (
+            f"{train} in {n_slabs} contiguous slabs along k (training; fine-tuning holds one out for validation), "
+            f"{test} whole (test). LABELS ARE TOTALSEGMENTATOR'S OUTPUT (a model), NOT EXPERT ANNOTATIONS."
+        ),
+        "reference": f"{SDIST_URL} (sha256 {SDIST_SHA256}); lib.data.real_samples.write_adaptation_dataset",
+        "licence": "Apache-2.0 (the totalsegmentator sdist)",
+        "tensorImageSize": "3D",
+        "modality": "mixed" if SAMPLES[train].modality != SAMPLES[test].modality else SAMPLES[train].modality,
+        "labels": labels_json(present),
+        "numTraining": len(training),
+        "numTest": 1,
+        "training": training,
+        "test": [{"image": f"imagesTs/{file}", "label": f"labelsTs/{file}", "modality": SAMPLES[test].modality}],
+    }
+    (out / "dataset.json").write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
+    return out

@@ -276,3 +276,21 @@ def test_real_msd_dataset(real_studies, tmp_path):
     img = sitk.ReadImage(str(ds.test[0].image_path))
     assert rs._same_grid(lab, img)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(lab), real_studies["real_mr_001"][1])
+
+
+def test_adaptation_dataset_cuts_the_training_study_into_slabs(tmp_path):
+    cache = fake_cache(tmp_path / "cache")
+    out = rs.write_adaptation_dataset(tmp_path / "ct_to_mr", "real_ct_001", "real_mr_001", n_slabs=4, cache=cache)
+    ds = Dataset.from_dir(out)
+    assert [c.case_id for c in ds.training] == [f"real_ct_001_slab{s}" for s in range(4)]
+    assert [c.case_id for c in ds.test] == ["real_mr_001"] and ds.test[0].modality == "MR"
+    image, label = rs.load_sample("real_ct_001", cache)
+    slabs = [sitk.ReadImage(str(c.image_path)) for c in ds.training]
+    labels = [sitk.GetArrayFromImage(sitk.ReadImage(str(c.label_path))) for c in ds.training]
+    assert [s.GetSize()[2] for s in slabs] == [2, 2, 1, 1]  # 6 slices, contiguous, none twice
+    np.testing.assert_array_equal(np.concatenate([sitk.GetArrayFromImage(s) for s in slabs]), image.array)
+    np.testing.assert_array_equal(np.concatenate(labels), label)
+    # each slab's first slice is where it was in the whole study (mm, LPS)
+    np.testing.assert_allclose(slabs[2].GetOrigin(), image.image.TransformIndexToPhysicalPoint((0, 0, 4)))
+    with pytest.raises(ValueError, match="other"):
+        rs.write_adaptation_dataset(tmp_path / "x", "real_ct_001", "real_ct_001", cache=cache)
