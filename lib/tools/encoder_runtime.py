@@ -40,6 +40,7 @@ import shutil
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -168,9 +169,12 @@ _LOADERS = {"onnxruntime": _OrtModel, "openvino": _OvModel}
 def _export_onnx(module: torch.nn.Module, example: torch.Tensor, path: Path, n_outputs: int) -> None:
     import torch
 
-    # the TorchScript exporter (dynamo=False): the dynamo exporter needs onnxscript and gives the same graph
-    torch.onnx.export(module, (example,), str(path), input_names=["image"],
-                      output_names=[f"out{i}" for i in range(n_outputs)], opset_version=ONNX_OPSET, dynamo=False)
+    # the TorchScript exporter (dynamo=False): the dynamo exporter needs onnxscript and gives the same graph.
+    # Its tracer/constant-folding warnings are about the traced code, not for the person running the app.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (example,), str(path), input_names=["image"],
+                          output_names=[f"out{i}" for i in range(n_outputs)], opset_version=ONNX_OPSET, dynamo=False)
 
 
 def _export(module: torch.nn.Module, example: torch.Tensor, runtime: str, folder: Path, n_outputs: int,
