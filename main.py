@@ -1,4 +1,4 @@
-"""MONAI Label app: MedSAM-Agent. Wiring only; the logic lives in lib/ (see design §2)."""
+"""MONAI Label app: MedSAM-Agent. Wiring only; the logic lives in lib/ (docs/architecture.md)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Evaluate a policy on a dataset folder (design §6) with same-run baselines; JSON + Markdown + PNGs.
+"""Evaluate a policy on a dataset folder with same-run baselines (docs/architecture.md); JSON + Markdown + PNGs.
 
     python scripts/evaluate.py --dataset sample-data/studies --split test --policy expert \\
         --mode handoff --backend litemedsam --max-turns 5 --out eval/expert-handoff

@@ -4,7 +4,7 @@
 Every (slice, label) item of the dataset's ``test`` cases gets a jittered box, then expert corrective
 clicks, through the real inference path (``Interaction`` over a ``ToolSession``), for each prompting mode
 (all / all_logits / newest) and each set of weights; NoC@85 and NoC@90 use the standard click-only protocol.
-Beside them, the trivial baseline of design §6: the ellipse inscribed in the same box (no model). The
+Beside them, the trivial baseline (docs/architecture.md): the ellipse inscribed in the same box (no model). The
 image embeddings come from the same on-disk cache training uses (the encoder is frozen, so released and
 adapted weights share them). Writes ``tool_eval.json`` (rows + summary), ``tool_eval.md`` (tables) and
 ``dice_per_click.png`` to ``--out``, and prints the best prompting mode per set of weights.

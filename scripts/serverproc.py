@@ -52,6 +52,26 @@ class Server:
             time.sleep(1.0)
         raise TimeoutError(f"server not up after {timeout}s:\n{self.tail()}")
 
+    def train(self, model: str, body: dict | None = None, poll: float = 2.0) -> dict:
+        """Run train task ``model`` in the background (MONAI Label's async path, as the Slicer Train button
+        does) and wait for it to finish; returns MONAI Label's task record (``status`` DONE / ERROR / STOPPED).
+
+        Waits on the task's progress, not on the clock: a slow or busy machine only makes it take longer.
+        Each status request has its own short timeout; the server dying ends the wait with its log.
+        """
+        r = requests.post(f"{self.url}/train/{model}", params={"run_sync": "false"}, json=body or {}, timeout=120)
+        r.raise_for_status()
+        while True:
+            if not self.alive():
+                raise RuntimeError(f"server exited while training {model}:\n{self.tail()}")
+            try:
+                task = requests.get(f"{self.url}/train/", timeout=30).json()
+            except (requests.RequestException, ValueError):
+                task = {}
+            if task.get("status") in ("DONE", "ERROR", "STOPPED"):
+                return task
+            time.sleep(poll)
+
     def alive(self) -> bool:
         return self.proc.poll() is None
 

@@ -1,6 +1,6 @@
 """Click simulator: where a careful annotator would click next, given the ground truth.
 
-RITM / SimpleClick style, as in the reference clicker (reference-agents §1.13), with its gaps closed:
+RITM / SimpleClick style, as in the released MedSAM-Agent clicker, with its gaps closed:
 
 - errors: false negatives ``FN = gt & ~pred`` (missed target, fixed by a *positive* click) and false
   positives ``FP = ~gt & pred`` (leak, fixed by a *negative* click);
@@ -8,7 +8,7 @@ RITM / SimpleClick style, as in the reference clicker (reference-agents §1.13),
   first, so the click fixes the biggest error rather than whichever error map happens to be deeper;
 - each component's click is at its distance-transform maximum (exact Euclidean,
   ``scipy.ndimage.distance_transform_edt``) computed with a 1-pixel zero border, so the image border counts
-  as outside and clicks stay away from it (the IBIS clicker had no padding, §5.23);
+  as outside and clicks stay away from it (the IBIS clicker had no padding);
 - ties are broken deterministically: equal sizes by the deeper component, then FN before FP, then raster
   order of the click; equal depths inside a component by the first pixel in raster order (row, then
   column), as the reference does;
@@ -39,7 +39,7 @@ def _as_bool(name: str, mask: np.ndarray) -> np.ndarray:
     if mask.ndim != 2:
         raise ValueError(f"{name} must be a 2D (H, W) mask, got shape {mask.shape}")
     if mask.dtype != bool:
-        # masks are bool end to end; silently thresholding 0/255 vs 0/1 was a reference bug (§5.10)
+        # masks are bool end to end; silently thresholding 0/255 vs 0/1 was a bug of the released MedSAM-Agent code
         raise TypeError(f"{name} must be a bool mask, got dtype {mask.dtype}; convert with mask > 0 where you load it")
     return mask
 

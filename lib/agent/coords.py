@@ -2,13 +2,13 @@
 
 Inference, training, trajectory export and evaluation all go through these functions; no other module
 divides by 999 or 1000 (the reference used ``round(v / 999 * W)`` at inference and ``floor(v * W / 1000)``
-in RL, so a trained policy's clicks landed up to one pixel apart; reference-agents §5.4).
+in RL, so a trained policy's clicks landed up to one pixel apart in the released MedSAM-Agent code).
 
 Frame: the 0..999 integers are relative to the *full extent of the original slice*, x (column) along the
 width and y (row) along the height; 0 is the first pixel centre and 999 the last one. The VLM image is a
 plain stretch of the slice to 512² (no letterbox), so a position has the same grammar integers on the
 slice and on the model's image and no offset or scale has to be undone (the reference letterboxed at
-inference but decoded as if it had stretched; §5.5).
+inference but decoded as if it had stretched).
 
 Exactness: for a side of ``size <= 1000`` pixels, pixel -> grammar -> pixel is the identity, because
 neighbouring pixels are at least one grammar step apart (999 / (size - 1) >= 1) and each conversion

@@ -1,7 +1,7 @@
 """``SegmentationEnv``: one slice, one target, a promptable segmenter, turn by turn (Gymnasium contract).
 
 The environment owns the episode's prompt state (an ``Interaction`` over ONE tool session shared by
-every action of the episode; the reference opened one session per tool, reference-agents §5.1) and
+every action of the episode; the released MedSAM-Agent code opened one session per tool) and
 scores each mask against the ground truth when one is given. Policies only ever see pixels, masks and
 the turn counter; oracle policies (the expert) may additionally *look ahead* with ``peek``.
 
@@ -51,7 +51,7 @@ class EnvConfig:
 
     Attributes:
         max_turns: turn budget = Box/Point actions issued (valid or not). Default 5, the reference's
-            inference cap of executed actions (reference-agents §1.6); Stop is not a turn.
+            inference cap of executed actions (as in the released MedSAM-Agent code); Stop is not a turn.
         prompting: which prompts reach the tool each turn (``Prompting``). Default ``newest`` = the
             reference (newest prompt + previous logits); ``all`` = box + every click, no logits.
         local_radius: None = a click's answer replaces the mask; else it is merged locally (``Interaction``,
@@ -61,7 +61,7 @@ class EnvConfig:
         invalid_penalty: reward subtracted for an invalid action (off-image, empty box, unsupported by
             the backend, unparseable text). 0.1 is the size of a typical good click's IoU gain, so a
             policy learns that a wasted turn costs about one useful action.
-        reward: weights of the episode reward (defaults = the reference's, §1.9).
+        reward: weights of the episode reward (defaults = the reference's).
     """
 
     max_turns: int = 5

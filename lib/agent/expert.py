@@ -1,4 +1,4 @@
-"""The hybrid-prompting expert (design §3 "Expert"): an oracle that segments from the ground truth.
+"""The hybrid-prompting expert (docs/architecture.md): an oracle that segments from the ground truth.
 
 Two strategies, mixed per episode (MedSAM-Agent's "hybrid prompting"):
 
@@ -121,7 +121,7 @@ class ExpertConfig:
 
 
 class ExpertPolicy(Policy):
-    """The oracle of design §3, acting through a ``SegmentationEnv`` that holds the ground truth.
+    """The oracle (docs/architecture.md), acting through a ``SegmentationEnv`` that holds the ground truth.
 
     Args:
         env: the environment the episode runs in (read: ``gt``, ``mask``, ``interaction``; look-ahead:

@@ -6,7 +6,7 @@ One turn of a language policy is one Hermes-style tool call::
     <tool_call>{"name": "add_point", "arguments": {"point_2d": [345, 167], "point_type": "positive"}}</tool_call>
     <tool_call>{"name": "stop_action", "arguments": {}}</tool_call>
 
-The three tools and their JSON keys are the reference's verbatim (reference-agents §1.3), so the released
+The three tools and their JSON keys are the released MedSAM-Agent code's verbatim, so the released
 MedSAM-Agent checkpoint works unchanged. Coordinates are integers 0..999 relative to the full slice
 extent, x first; they are converted to pixels by ``lib.agent.coords`` only.
 

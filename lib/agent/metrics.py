@@ -1,4 +1,4 @@
-"""Segmentation metrics of the evaluation protocol (design §6): Dice, IoU, per-turn curves, NoC.
+"""Segmentation metrics of the evaluation protocol (docs/architecture.md): Dice, IoU, per-turn curves, NoC.
 
 Masks are (H, W) bool arrays at the ground truth's resolution (resample predictions with nearest
 neighbour before calling; never threshold a resampled 0/255 image). An empty prediction of an empty
@@ -129,7 +129,7 @@ def aggregate(rows: Iterable[Mapping[str, Any]], key: str = "label") -> dict[str
     Returns:
         ``{"per_label": {label: {field: mean, "n": rows}}, "overall": {field: mean over rows, "n": rows},
         "class_mean": {field: mean of the per-label means}}``. ``overall`` weighs every row equally,
-        ``class_mean`` every label equally (the reference reports both, §1.12).
+        ``class_mean`` every label equally (the reference reports both).
     """
     rows = list(rows)
     groups: dict[Any, list[Mapping[str, Any]]] = {}

@@ -1,6 +1,6 @@
 """Episode reward: pure functions of an episode's per-turn IoU/Dice (and, for process terms, its actions).
 
-Default = the MedSAM-Agent RL reward (reference-agents §1.9), term for term::
+Default = the MedSAM-Agent RL reward (as in the released MedSAM-Agent code), term for term::
 
     R = 0.2 * F + 0.8 * clip(base - P + B, 0, 1)
     F    = 1.0 if (>= 1 Box/Point action) and (ended with Stop); 0.5 if exactly one holds; else 0
@@ -10,8 +10,8 @@ Default = the MedSAM-Agent RL reward (reference-agents §1.9), term for term::
 
 T counts executed Box/Point actions (Stop is not an action). Differences from the reference code, all
 deliberate: F is computed from the executed actions, not by regex over the whole decoded text (which
-counted the un-executed fifth generation, §5.10); masks are bools, so no 0/255 threshold can silently
-turn a 0/1 mask into "empty" (§5.10).
+counted the un-executed fifth generation); masks are bools, so no 0/255 threshold can silently
+turn a 0/1 mask into "empty".
 
 Extra process terms from the paper and IBISAgent are registered in ``REWARD_TERMS`` with weight 0, so an
 ablation is a config change only. Every term's value is reported unweighted in ``terms``; the total is
@@ -34,7 +34,7 @@ from lib.agent.actions import Point
 
 @dataclass(frozen=True)
 class RewardConfig:
-    """Weights of the episode reward. Defaults reproduce the reference (§1.9).
+    """Weights of the episode reward. Defaults reproduce the reference.
 
     Attributes:
         format_weight: weight of the format term F.
@@ -250,7 +250,7 @@ def episode_reward(
         ``(total, terms)``; ``terms`` holds every registered term (unweighted) plus the quality parts
         ``base``, ``overshoot``, ``turn_cost`` (penalties as positive amounts) and ``improvement``.
 
-    The reference's worked example (§1.9): IoU 0.60, 0.80, 0.75, final Dice 0.857, then Stop:
+    The reference's worked example: IoU 0.60, 0.80, 0.75, final Dice 0.857, then Stop:
 
     >>> total, terms = episode_reward([0.60, 0.80, 0.75], [0.70, 0.85, 0.857], n_actions=3, stopped=True)
     >>> round(total, 3), terms["format"], round(terms["base"], 4), round(terms["quality"], 4)

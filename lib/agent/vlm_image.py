@@ -5,7 +5,7 @@ One transform, used by inference (``lib.agent.policies.vlm``), SFT export and RL
 - **Stretch, no letterbox.** The (H, W) slice is resampled to ``size x size`` (512 by default, the reference's
   ``grounding_resize``), so the agent grammar's 0..999 integers, which are relative to the *full* slice
   (``lib.agent.coords``), are also relative to the full model image. No offset or scale has to be undone when
-  an action comes back (the reference letterboxed at inference but decoded as if it had stretched, §5.5).
+  an action comes back (the reference letterboxed at inference but decoded as if it had stretched).
 - **Corner-aligned geometry.** Model pixel ``u`` shows slice position ``u * (W - 1) / (size - 1)``: the first
   and last pixel centres of both images coincide, exactly like the grammar (0 = first pixel centre, 999 =
   last). So "grammar integer g" names the same place on the slice and on the model image, and
@@ -16,7 +16,8 @@ One transform, used by inference (``lib.agent.policies.vlm``), SFT export and RL
   bilinear interpolation.
 - **Overlay.** The mask is resampled with nearest neighbour on the same geometry and blended green
   ``(0, 255, 0)`` at alpha 0.5 over the *plain* model image (never over a previous overlay): masked pixels
-  become ``0.5 * pixel + 0.5 * green``, others are unchanged; no contours or markers (reference §1.5).
+  become ``0.5 * pixel + 0.5 * green``, others are unchanged; no contours or markers (as the released
+  MedSAM-Agent code does).
 
 Images here are numpy arrays ``(rows, cols[, 3])`` indexed ``image[y, x]``; the model-facing result is an
 RGB ``PIL.Image`` of ``size x size``.
@@ -30,7 +31,7 @@ from PIL import Image
 #: side of the square model image in pixels (reference "grounding_resize"; Qwen3-VL: 32 x 32 patches of 16
 #: pixels -> 256 visual tokens after the 2 x 2 merge)
 MODEL_IMAGE_SIZE = 512
-#: overlay colour (RGB) and opacity of the mask on the model image (reference §1.5)
+#: overlay colour (RGB) and opacity of the mask on the model image (as in the released MedSAM-Agent code)
 OVERLAY_COLOR = (0, 255, 0)
 OVERLAY_ALPHA = 0.5
 

@@ -5,7 +5,7 @@ from the prompt it is run with: ``lib.agent.policies.vlm`` (inference), ``lib.le
 LLaMA-Factory ShareGPT and the TRL dataset), ``lib.learning.vlm_grpo`` (RL rollouts) and
 ``lib.learning.verl_export``.
 
-Texts (reference-agents §1.2):
+Texts (as in the released MedSAM-Agent code):
 
 - system: the reference's system prompt verbatim, the three tool schemas (``lib.agent.grammar``) one
   ``json.dumps`` per line inside ``<tools></tools>``; Qwen's own tool preamble (``tools=`` of the chat
@@ -15,9 +15,9 @@ Texts (reference-agents §1.2):
 - later user turns: image (the mask overlay after the previous action), then the follow-up sentence.
 
 The user texts are the RL variant (the training stage the released checkpoint saw last): no literal
-``<image>`` string next to the real image item (reference bug §5.16) and no space after the newline.
+``<image>`` string next to the real image item (a bug of the released MedSAM-Agent code) and no space after the newline.
 Each user message carries ITS OWN image as a content item, so a past turn always shows the overlay it had
-when it was asked (the reference inference substituted images from a side list, off by one, §5.7).
+when it was asked (the reference inference substituted images from a side list, off by one).
 
 History: messages = system + the last ``history`` completed (user, assistant) pairs + the current user turn
 (reference ``max_history_length = 5``). With the default budget of 5 actions an episode has at most 6

@@ -60,8 +60,8 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class RLConfig:
-    """GRPO of the compact policy (``configs/rl.yaml``). Defaults: small CPU budget; reference values
-    (reference-agents §1.10) in brackets where they differ."""
+    """GRPO of the compact policy (``configs/rl.yaml``). Defaults: small CPU budget; values of the
+    released MedSAM-Agent verl run in brackets where they differ."""
 
     group_size: int = help_field("G: rollouts per start state [8]", 8)
     groups_per_step: int = help_field("start states per optimizer step [8 prompts]", 2)

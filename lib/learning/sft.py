@@ -1,4 +1,4 @@
-"""SFT of the compact policy: behaviour cloning of expert trajectories (design §3 "Learning").
+"""SFT of the compact policy: behaviour cloning of expert trajectories (docs/architecture.md).
 
 Every decision of an expert trajectory becomes one training state: the slice, the mask and prompts
 BEFORE the decision, the turn, the target label; the target is the expert's action (Stop included) and,

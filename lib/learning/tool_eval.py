@@ -5,7 +5,7 @@ what the interactive infer task and the agent use) receives a jittered ground-tr
 corrective clicks (``lib.agent.clicks.corrective_click``, never the same pixel twice). Reported per
 item: Dice after the box and after each click (``dice_0`` .. ``dice_K``), NoC@85 and NoC@90 with the
 standard click-only protocol (``lib.agent.metrics.noc``, max ``noc_max`` clicks), and the Dice of the trivial
-baseline (design §6): the ellipse inscribed in the same box, no model at all (``ellipse``). The box of an
+baseline (docs/architecture.md): the ellipse inscribed in the same box, no model at all (``ellipse``). The box of an
 item is the same for every mode and every set of weights (seeded by item index), so rows are paired.
 """
 

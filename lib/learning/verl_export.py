@@ -1,6 +1,6 @@
 """RL data and reward for teams on verl (the framework MedSAM-Agent's own RL ran on).
 
-**Rows** (``rl_rows`` -> ``write_parquet``): the columns of MedSAM-Agent's ``MedSAMDataset`` (reference §1.11)
+**Rows** (``rl_rows`` -> ``write_parquet``): the columns of the released MedSAM-Agent code's ``MedSAMDataset``
 plus verl's standard multi-turn ones, so the reference recipe or a verl agent loop can read them:
 
 - ``data_source``: ``"medsam_agent/<dataset name>"`` (verl's reward loop routes on it);
@@ -17,7 +17,7 @@ plus verl's standard multi-turn ones, so the reference recipe or a verl agent lo
 ``name = compute_score``). It recomputes our episode reward (``lib.agent.rewards.episode_reward``, the reference's
 R by default; ``reward_kwargs`` fill ``RewardConfig``) from the per-action masks verl's agent loop puts in
 ``extra_info["pred_mask"]`` and the tool calls in the response. Differences from the reference scorer, all
-deliberate: masks of any convention (bool, 0/1, 0/255) are read correctly (§5.10), and ``T`` counts executed
+deliberate: masks of any convention (bool, 0/1, 0/255) are read correctly, and ``T`` counts executed
 actions (masks), so a generation that was never executed does not count as an action.
 """
 
@@ -136,7 +136,7 @@ def as_bool_mask(value: Any) -> np.ndarray:
         raise ValueError(f"a mask must be 2D, got shape {arr.shape}")
     if arr.dtype == bool:
         return arr
-    # 0/1 and 0/255 both occur in the wild; threshold at half of the "on" value instead of a fixed 127 (§5.10)
+    # 0/1 and 0/255 both occur in the wild; threshold at half of the "on" value instead of a fixed 127
     on = 1.0 if arr.size == 0 or float(arr.max()) <= 1.0 else 255.0
     return arr.astype(np.float64) > on / 2
 

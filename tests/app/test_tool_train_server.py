@@ -46,9 +46,8 @@ def test_train_task_adapts_the_tool_and_the_next_click_uses_it(tool_server, tmp_
     _, before = client.infer("litemedsam", image_id, params)
     assert before["weights"].startswith("released") or "adapted" not in before["weights"], before
 
-    r = requests.post(f"{tool_server.url}/train/litemedsam_interactive", params={"run_sync": "true"},
-                      json=TRAIN, timeout=1200)
-    assert r.status_code == 200, r.text
+    task = tool_server.train("litemedsam_interactive", TRAIN)  # in the background, waited on by progress
+    assert task["status"] == "DONE", (task, tool_server.tail())
 
     info = client.info()
     stats = info["train_stats"]["litemedsam_interactive"]

@@ -1,4 +1,4 @@
-"""``BoxPolicy``: the box-only baseline of the evaluation protocol (design §6): one box, then Stop.
+"""``BoxPolicy``: the box-only baseline of the evaluation protocol (docs/architecture.md): one box, then Stop.
 
 The box is either given (a user's hand-off box, so every policy of a run starts from the same one) or
 drawn from the ground truth as a user would draw it (``lib.agent.clicks.jittered_box``). One box and

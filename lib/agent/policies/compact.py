@@ -1,4 +1,4 @@
-"""``CompactPolicy``: the small CPU policy (design §3 "Policies"), trained by SFT then GRPO (lib.learning).
+"""``CompactPolicy``: the small CPU policy (docs/architecture.md), trained by SFT then GRPO (lib.learning).
 
 It sees what any policy sees (``obs["image"]``, ``obs["mask"]``, ``info["actions"]``, ``info["turn"]``,
 ``info["target"]``), never the ground truth and never a backend's embedding, so the same checkpoint drives

@@ -5,7 +5,7 @@ is stretched to it with ``align_corners`` geometry, so pixel ``x`` of a ``W``-wi
 position ``x * (S - 1) / (W - 1)`` (0 = first pixel centre, S - 1 = last). Box coordinates are predicted on
 ``box_bins`` bins and clicks on a ``P x P`` grid (``P = S / 4``) in the same geometry; ``bin_to_pixel`` /
 ``pixel_to_bin`` are the only conversions. Nothing here depends on a backend: the input is the windowed
-slice, the current mask and the prompts, never a segmenter's embedding (design §3, "tool-agnostic").
+slice, the current mask and the prompts, never a segmenter's embedding (tool-agnostic by design, docs/architecture.md).
 
 **Input** ``(B, 5, S, S)`` float32, channels: ``image`` (windowed, [0, 1]), ``mask`` (current mask, [0, 1]
 after bilinear resampling), ``box`` (1 inside the current box), ``positive`` / ``negative`` (a Gaussian of

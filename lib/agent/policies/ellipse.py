@@ -1,4 +1,5 @@
-"""The trivial mask baseline of design §6: the ellipse inscribed in the hand-off box, no model at all.
+"""The trivial mask baseline of the evaluation (docs/architecture.md): the ellipse inscribed in the hand-off box,
+no model at all.
 
 On compact, blob-like targets this scores a high Dice; a tool or an agent that does not beat it adds
 nothing, so hand-off reports show it next to every policy.

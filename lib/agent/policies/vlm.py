@@ -6,7 +6,7 @@ own image in its own message), where the image of a turn is the slice stretched 
 in green at alpha 0.5 (``lib.agent.vlm_image``). The answer is parsed with ``lib.agent.grammar.parse`` into
 pixels of the slice through ``lib.agent.coords`` (the one 0..999 <-> pixel conversion).
 
-Retry rules (reference §1.3, inference): ONE shared retry, reset after every accepted action, spent on
+Retry rules (the released MedSAM-Agent code, inference): ONE shared retry, reset after every accepted action, spent on
 
 - an answer that is not one executable tool call (no ``<tool_call>``, bad JSON, unknown tool, bad values), or
 - ``stop_action`` before any action executed (the model has not looked at a mask yet).
@@ -41,7 +41,7 @@ _DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 @dataclass(frozen=True)
 class VLMConfig:
-    """How the VLM policy runs. Defaults reproduce the reference inference (§1.1-1.6).
+    """How the VLM policy runs. Defaults reproduce the reference inference.
 
     Attributes:
         device: "auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:N".
