@@ -22,7 +22,8 @@ if [ -z "$STUDIES" ]; then
   python "$ROOT/scripts/fetch_real_samples.py" --quiet || echo "[serve] continuing with the synthetic phantoms only"
   python "$ROOT/scripts/make_sample_studies.py" --out "$ROOT/sample-data" --real
   STUDIES="$ROOT/sample-data/studies"
-  # the sample studies come with a demo agent policy trained on them (scripts/train_demo_policy.py)
+  # the sample studies come with a demo agent policy trained on the phantoms (scripts/train_demo_policy.py);
+  # the real studies' extra organs (stomach, aorta, ...) need agent_sft first
   EXTRA=(--conf demo_policy true "${EXTRA[@]}")
 fi
 # Offline: no zoo listing, no SAM2 weight download, no tracking.
