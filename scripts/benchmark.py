@@ -69,6 +69,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_episode_args(p)  # for the expert data, GRPO and the evaluation alike
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: the CPU is shared)")
+    p.add_argument("--real", action="store_true",
+                   help="add the real CT (training) and MR (held out) sample studies to the phantoms; the report "
+                        "then shows phantoms and real side by side")
     p.add_argument("--benchmarks", type=Path, default=ROOT / "BENCHMARKS.md")
     p.add_argument("--figures", type=Path, default=ROOT / "docs" / "figures")
     args = p.parse_args(argv)
@@ -86,7 +89,7 @@ def stage_data(args: argparse.Namespace) -> Path:
     data = args.work / "sample-data"
     if not (data / "studies" / "dataset.json").is_file() or "data" in args.force:
         subprocess.run([sys.executable, str(ROOT / "scripts" / "make_sample_studies.py"), "--out", str(data),
-                        "--seed", str(args.seed), "--force"], check=True)
+                        "--seed", str(args.seed), "--force", *(["--real"] if args.real else [])], check=True)
     return data / "studies"
 
 
@@ -297,6 +300,7 @@ def report(args: argparse.Namespace, ev: dict, sft: dict, rl: dict, traj_s: floa
                      f"({m['handoff/expert']['turns']:.2f}) | {m['handoff/sft']['dice']:.3f} "
                      f"({m['handoff/sft']['turns']:.2f}) | {m['handoff/grpo']['dice']:.3f} "
                      f"({m['handoff/grpo']['turns']:.2f}) | {'yes' if ok else '**no**'} |")
+    lines += by_source(ev)
     vb = rl.get("val_best") or {}
     vi = rl.get("val_init") or {}
     lines += ["",
@@ -334,6 +338,29 @@ def report(args: argparse.Namespace, ev: dict, sft: dict, rl: dict, traj_s: floa
               "![GRPO learning curves](docs/figures/issue7_grpo_curves.png)",
               "![Dice vs turn](docs/figures/issue7_dice_vs_turn.png)", ""]
     return "\n".join(lines)
+
+
+def by_source(ev: dict) -> list[str]:
+    """Hand-off final Dice on the phantoms and on the real studies (case ids ``real_*``) side by side, and per
+    label on the real ones; nothing when the evaluation has no real study."""
+    real = [r for r in ev["rows"] if str(r["case_id"]).startswith("real_")]
+    if not real:
+        return []
+    runs = ("handoff/box", "handoff/ellipse", "handoff/expert", "handoff/sft", "handoff/grpo")
+    groups = {"phantoms": [r for r in ev["rows"] if r not in real], "real": real}
+
+    def row(name: str, rows: list) -> str:
+        means = (f"{np.mean([r[k]['dice'] for r in rows]):.3f}" for k in runs)
+        return f"| {name} | {len(rows)} | " + " | ".join(means) + " |"
+
+    head = ["| {} | n | box-only | ellipse | expert | compact SFT | compact SFT+GRPO |", "|---" * 7 + "|"]
+    out = ["", "Phantoms and real studies side by side, hand-off mode (final Dice):", "", head[0].format("data"),
+           head[1]]
+    out += [row(g, rows) for g, rows in groups.items() if rows]
+    out += ["", "Real studies per label:", "", head[0].format("label"), head[1]]
+    for lab in sorted({r["label"] for r in real}):
+        out.append(row(lab, [r for r in real if r["label"] == lab]))
+    return out + [""]
 
 
 def _fmt(v: Any) -> str:
