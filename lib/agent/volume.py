@@ -14,9 +14,11 @@ everywhere else) that share one tool session cache:
    box, or Stop.
 3. **End of structure** (``end_check``): a direction stops when a slice's final mask is empty
    (< ``min_area`` pixels), collapses (area < ``collapse_fraction`` x the last kept slice's area), or the
-   tool's predicted IoU of its answer is < ``min_score``. One failing slice is bridged (``lookahead``): the
-   next slice is tried from the last kept mask, and if it passes, the failing slice keeps its own mask and
-   propagation goes on; if it fails too, both are dropped and the direction ends at the first of them.
+   tool's predicted IoU of its answer is < ``min_score``, or the median image value under it moved more than
+   ``max_intensity_shift`` from the seed mask's (another tissue). One failing slice is bridged
+   (``lookahead``): the next slice is tried from the last kept mask, and if it passes, the failing slice keeps
+   its own mask and propagation goes on; if it fails too, both are dropped and the direction ends at the
+   first of them.
 
 Cost: every slice is encoded at most once per volume (sessions come from a ``SessionCache`` keyed by
 (backend, volume key, slice), and a slice is requested once per run), and the next slice of each direction
@@ -55,7 +57,7 @@ from lib.tools.base import MASK_INPUT, SegOutput, Tool, ToolSession
 from lib.tools.cache import SessionCache
 
 #: end-rule verdicts of ``end_check`` (None = the slice passes)
-EMPTY, COLLAPSED, LOW_SCORE = "empty", "collapsed", "low_score"
+EMPTY, COLLAPSED, LOW_SCORE, INTENSITY = "empty", "collapsed", "low_score", "intensity"
 #: why a direction ended when no slice failed the rule
 VOLUME_EDGE, EMPTY_SEED = "volume_edge", "empty_seed"
 #: embedding bytes of a private cache (``VolumeEpisode`` without a shared cache): visited slices are never
@@ -86,6 +88,10 @@ class VolumeConfig:
             means the tool lost the structure (or the structure ended).
         min_score: a final answer whose tool-predicted IoU is below this fails (``LOW_SCORE``); NaN scores
             (backends without a quality head) never fail this test.
+        max_intensity_shift: a final mask whose median image value (windowed, [0, 1]) differs from the seed
+            mask's median by more than this fails (``INTENSITY``): past an organ's end the tool still finds
+            "something" in the propagated box, with a confident score and no collapse, but it is another
+            tissue. 1.0 = off.
         lookahead: consecutive failing slices tolerated (bridged when the slice after them passes);
             1 bridges a one-slice gap (a slice of artefact, a partial-volume slice at a thin waist).
         prefetch: encode the next slice of each direction in a worker thread while the current slice is
@@ -98,6 +104,7 @@ class VolumeConfig:
     min_area: int = 10
     collapse_fraction: float = 0.25
     min_score: float = 0.5
+    max_intensity_shift: float = 1.0
     lookahead: int = 1
     prefetch: bool = True
 
@@ -106,24 +113,28 @@ class VolumeConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 0:
                 raise ValueError(f"VolumeConfig.{name} must be an int >= 0, got {v!r}")
-        for name, hi in (("margin_fraction", 1.0), ("collapse_fraction", 1.0), ("min_score", 1.0)):
+        for name, hi in (("margin_fraction", 1.0), ("collapse_fraction", 1.0), ("min_score", 1.0),
+                         ("max_intensity_shift", 1.0)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or not 0 <= v <= hi:
                 raise ValueError(f"VolumeConfig.{name} must be a number in [0, {hi}], got {v!r}")
 
 
-def end_check(area: int, score: float, previous_area: int, config: VolumeConfig) -> str | None:
+def end_check(area: int, score: float, previous_area: int, config: VolumeConfig,
+              intensity_shift: float = 0.0) -> str | None:
     """The end-of-structure rule for one slice: why it fails, or None when it passes.
 
     Args:
         area: pixels of the slice's final mask.
         score: the tool's predicted IoU of its final answer (NaN = none; never fails the score test).
         previous_area: pixels of the last kept mask in this direction (the seed's, at first).
-        config: thresholds (``min_area``, ``collapse_fraction``, ``min_score``).
+        config: thresholds (``min_area``, ``collapse_fraction``, ``min_score``, ``max_intensity_shift``).
+        intensity_shift: |median image value under the mask - the seed mask's median| (windowed units).
 
     Returns:
         ``EMPTY`` (area < ``min_area``, at least 1 pixel), ``COLLAPSED`` (area < ``collapse_fraction`` x
-        ``previous_area``), ``LOW_SCORE`` (score < ``min_score``), tested in that order; None = keep it.
+        ``previous_area``), ``LOW_SCORE`` (score < ``min_score``), ``INTENSITY`` (``intensity_shift`` >
+        ``max_intensity_shift``), tested in that order; None = keep it.
     """
     if area < max(1, config.min_area):
         return EMPTY
@@ -131,6 +142,8 @@ def end_check(area: int, score: float, previous_area: int, config: VolumeConfig)
         return COLLAPSED
     if not math.isnan(score) and score < config.min_score:
         return LOW_SCORE
+    if intensity_shift > config.max_intensity_shift:
+        return INTENSITY
     return None
 
 
@@ -203,6 +216,7 @@ class SliceRecord:
         score: the tool's predicted IoU of its final answer (NaN when nothing was decoded).
         predicted_quality: the policy's own quality estimate (``last_quality``) if it has one.
         area: pixels of the final mask.
+        intensity: median windowed image value under the final mask (NaN when empty).
         check: ``end_check`` verdict (None = passed; always None on the seed slice).
         kept: the mask was written into the volume (seed, passed, or bridged).
         bridged: a failing slice kept because the slice after it passed.
@@ -228,6 +242,7 @@ class SliceRecord:
     score: float
     predicted_quality: float | None
     area: int
+    intensity: float = float("nan")
     check: str | None = None
     kept: bool = False
     bridged: bool = False
@@ -251,7 +266,8 @@ class SliceRecord:
             "index": self.index, "direction": self.direction, "start": start, "turns": self.turns,
             "corrective": self.corrective, "actions": self.actions, "stop_reason": self.stop_reason,
             "score": None if math.isnan(self.score) else self.score, "predicted_quality": self.predicted_quality,
-            "area": self.area, "check": self.check, "kept": self.kept, "bridged": self.bridged,
+            "area": self.area, "intensity": None if math.isnan(self.intensity) else self.intensity,
+            "check": self.check, "kept": self.kept, "bridged": self.bridged,
             "encoder_s": self.encoder_s, "encoder_cached": self.encoder_cached, "wait_s": self.wait_s,
             "decoder_s": self.decoder_s, "policy_s": self.policy_s, "total_s": self.total_s,
         }
@@ -371,6 +387,22 @@ class VolumeEpisode:
         """
         with self._lock:
             return _Run(self, volume, target, seed_slice, prompts, gt, seed, key, meta).execute()
+
+    def run_slice(self, volume: np.ndarray, target: str, k: int, start: SliceStart | None = None, *,
+                  prompts: Sequence[Box | Point] = (), gt: np.ndarray | None = None, seed: int = 0,
+                  key: Hashable | Callable[[int], Hashable] | None = None,
+                  meta: Mapping[str, Any] | None = None) -> SliceRecord:
+        """Play ONE slice episode of a volume from a given start state, without propagating.
+
+        For training on volume start states: ``start`` is a ``SliceRecord.start`` recorded by ``run`` (the
+        neighbour's box + margin and, when dense prompts are on, its logits), so a sampling policy can be rolled
+        out G times from the very state a volume episode met (GRPO groups). ``start`` None = the seed-slice
+        episode (``prompts`` = hand-off prompts, or none = autonomous). Arguments as in ``run``; the record's
+        ``check`` is not set (there is no previous slice to compare with here).
+        """
+        with self._lock:
+            r = _Run(self, volume, target, k, prompts, gt, seed, key, meta)
+            return r._slice(int(k), 0 if start is None else int(np.sign(k - start.from_slice)), start)
 
 
 class _Direction:
@@ -498,12 +530,14 @@ class _Run:
         last = ep.env.interaction.last
         mask = np.array(ep.env.mask, dtype=bool)
         issued = [a for a in traj.actions if a.get("type") != "stop"]
+        pixels = options["image"]
         timings = traj.timings
         return SliceRecord(
             index=int(k), direction=direction, start=start, turns=len(issued),
             corrective=max(len(issued) - len(prefix), 0), actions=list(traj.actions),
             stop_reason=traj.stop_reason, score=float("nan") if last is None else float(last.score),
             predicted_quality=_quality(ep.policy), area=int(mask.sum()),
+            intensity=float(np.median(pixels[mask])) if mask.any() else float("nan"),
             encoder_s=self.encoded.get(k, 0.0), encoder_cached=cached, wait_s=wait_s,
             decoder_s=timings["decoder_ms"] / 1e3, policy_s=timings["policy_ms"] / 1e3,
             total_s=timings["total_ms"] / 1e3 + wait_s, session_encoder_s=float(session.encoder_ms) / 1e3, mask=mask,
@@ -526,6 +560,7 @@ class _Run:
             seed = self._slice(self.k0, 0, None, then=lambda: (self._prefetch(self.k0 + 1),
                                                                 self._prefetch(self.k0 - 1)))
             seed.kept = True
+            self.seed_intensity = seed.intensity
             records.append(seed)
             out[self.k0] = seed.mask
             dirs = [_Direction(+1, seed), _Direction(-1, seed)]
@@ -565,7 +600,8 @@ class _Run:
         self._prefetch(k + d.step)
         rec = self._slice(k, d.step, self._start_from(d.last))
         records.append(rec)
-        rec.check = end_check(rec.area, rec.score, d.last.area, self.ep.config)
+        shift = abs(rec.intensity - self.seed_intensity) if rec.area else 0.0
+        rec.check = end_check(rec.area, rec.score, d.last.area, self.ep.config, shift)
         if rec.check is None:
             for gap in d.pending:  # the structure goes on past the failing slice(s): keep their own masks
                 gap.kept = gap.bridged = True

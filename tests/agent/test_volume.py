@@ -23,6 +23,7 @@ from lib.agent.volume import (
     COLLAPSED,
     EMPTY,
     EMPTY_SEED,
+    INTENSITY,
     LOW_SCORE,
     VOLUME_EDGE,
     DensePromptSession,
@@ -374,3 +375,28 @@ def test_litemedsam_propagates_through_an_ellipsoid():
     assert len(set(res.visited)) == len(res.visited) and tool.calls == res.timings["encoder_calls"]
     assert tool.calls <= len(res.visited) + 2
     assert res.timings["encoder_s_visited"] > 0
+
+
+def test_run_slice_replays_a_recorded_start_state():
+    vol, gt = volume([0, 6, 8, 10, 8, 6, 0, 0])
+    ep = VolumeEpisode(BrightTool(), ClickOnce(), EnvConfig(max_turns=3, prompting="all"),
+                       VolumeConfig(dense_prompt=True))
+    res = ep.run(vol, "disk", seed_slice=3, prompts=[tight_box(gt[3])], gt=gt)
+    rec = next(s for s in res.slices if s.index == 5)
+    again = ep.run_slice(vol, "disk", 5, rec.start, gt=gt)
+    assert again.direction == 1 and again.start is rec.start and again.actions == rec.actions
+    assert np.array_equal(again.mask, rec.mask) and again.trajectory.ious == rec.trajectory.ious
+    seed = ep.run_slice(vol, "disk", 3, prompts=[tight_box(gt[3])])
+    assert seed.direction == 0 and seed.start is None and np.array_equal(seed.mask, res.slices[0].mask)
+
+
+def test_a_change_of_tissue_under_the_mask_ends_a_direction():
+    vol, gt = volume([10] * 8)
+    vol[5:][gt[5:]] = 0.6  # still bright to the tool, but another tissue than the seed's 0.8
+    cfg = VolumeConfig(max_intensity_shift=0.1)
+    res = VolumeEpisode(BrightTool(), StopPolicy(), EnvConfig(prompting="all"), cfg).run(
+        vol, "disk", seed_slice=2, prompts=[tight_box(gt[2])])
+    assert res.ends[+1] == {"slice": 5, "reason": INTENSITY} and res.kept == [0, 1, 2, 3, 4]
+    assert next(s for s in res.slices if s.index == 5).intensity == pytest.approx(0.6)
+    assert end_check(100, 0.9, 100, cfg, intensity_shift=0.11) == INTENSITY
+    assert end_check(100, 0.9, 100, VolumeConfig(), intensity_shift=0.5) is None  # off by default (1.0)
