@@ -22,9 +22,11 @@ wins; an OS file lock beside it makes the second wait and reuse the first one's 
 
 Exporting takes seconds (LiteMedSAM: ~6 s to ONNX, ~4 s more to OpenVINO IR on 2 cores), so by default it
 runs in a background thread started on first use, and the encoder keeps answering in torch until the
-exported model is loaded; ``block=True`` (training, benchmarks, tests) exports in the caller instead. A
-runtime that cannot be imported, exported or loaded leaves the runner on torch with a logged warning that
-names the reason (also in ``info()``, which ``/info`` shows).
+exported model is loaded; ``block=True`` (training, benchmarks, tests) exports in the caller instead. A process
+that ends while exporting waits for the export to finish (the thread is not a daemon), so it neither aborts
+inside the exporter nor leaves a half-written folder (a killed process's temporary folder is removed by the
+next export after an hour). A runtime that cannot be imported, exported or loaded leaves the runner on torch
+with a logged warning that names the reason (also in ``info()``, which ``/info`` shows).
 """
 
 from __future__ import annotations
@@ -380,7 +382,9 @@ class EncoderRunner:
         elif start_thread:
             logger.info("%s image encoder: exporting to %s in the background (first use; torch answers meanwhile)",
                         self.name, self.target)
-            threading.Thread(target=self._export_and_load, name=f"export-{self.name}", daemon=True).start()
+            # not a daemon: interpreter shutdown waits for the export to finish (a daemon thread frozen inside
+            # the exporter's C++ code aborts the process: "terminate called without an active exception")
+            threading.Thread(target=self._export_and_load, name=f"export-{self.name}", daemon=False).start()
         elif block:
             self._done.wait()  # another thread is exporting
 

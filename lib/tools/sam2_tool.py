@@ -22,6 +22,11 @@ What differs from it, and why:
   ``hydra.compose``: ``compose`` depends on the process-wide GlobalHydra search path, which
   ``import sam2`` sets and MONAI Label's own SAM2 task re-initialises elsewhere.
 - Checkpoints are never downloaded; a missing one raises ``MissingCheckpointError``.
+- The image encoder (Hiera trunk + FPN neck + the decoder's ``conv_s0``/``conv_s1`` projections + ``no_mem_embed``,
+  ``_Sam2ImageEncoder``) runs in the runtime ``encoder_runtime`` selects (``lib.tools.encoder_runtime``: torch,
+  or its ONNX Runtime / OpenVINO export cached on disk); preprocessing, prompt encoder and mask decoder stay
+  in torch. Parity measured on random hiera-tiny weights: features within ~4e-6 of torch
+  (``tests/tools/test_sam2_tool.py``, ``docs/results/encoder_runtime.md``).
 
 Low-res logits: SAM 2 decodes at ``image_size / 4`` per side (256 at 1024, 128 at 512). ``SegOutput``
 promises (1, 256, 256), so logits from a model whose low-res grid is not 256 are resampled to 256 on
@@ -42,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from lib.tools.base import BOX, MASK_INPUT, POINT, MissingCheckpointError, SegOutput, Tool, ToolSession
+from lib.tools.encoder_runtime import EncoderRunner
 
 logger = logging.getLogger(__name__)
 
@@ -154,6 +160,29 @@ def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
     raise ValueError(
         f"image must be (H, W) float32 in [0, 1] or (H, W, 3) uint8 RGB, got shape {image.shape} dtype {image.dtype}"
     )
+
+
+def _Sam2ImageEncoder(model):  # noqa: N802 - builds a module (the class needs torch, imported lazily here)
+    """SAM 2's single-image encoder as one ``torch.nn.Module``: (1, 3, S, S) normalised image -> the three feature
+    maps ``Sam2Session`` keeps, ((1, 32, S/4, S/4), (1, 64, S/8, S/8), (1, 256, S/16, S/16)) float32."""
+    import torch
+
+    class Sam2ImageEncoder(torch.nn.Module):
+        def __init__(self, model) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            backbone_out = self.model.forward_image(x)
+            _, vision_feats, _, feat_sizes = self.model._prepare_backbone_features(backbone_out)
+            if self.model.directly_add_no_mem_embed:
+                # as SAM2ImagePredictor.set_image: training added it to the lowest-res map on single frames
+                vision_feats[-1] = vision_feats[-1] + self.model.no_mem_embed
+            # (HW, 1, C) -> (1, C, H, W) with the sizes the backbone produced (not a hard-coded list)
+            return tuple(f.permute(1, 2, 0).reshape(1, -1, *size).contiguous()
+                         for f, size in zip(vision_feats, feat_sizes, strict=True))
+
+    return Sam2ImageEncoder(model)
 
 
 class Sam2Session(ToolSession):
@@ -278,6 +307,8 @@ class Sam2Tool(Tool):
         multimask: bool = True,
         allow_random_weights: bool = False,
         checkpoint_hint: str | None = None,
+        encoder_runtime: str = "auto",
+        block_export: bool = False,
     ) -> None:
         """
         Args:
@@ -299,6 +330,10 @@ class Sam2Tool(Tool):
                 with random weights instead of raising ``MissingCheckpointError``.
             checkpoint_hint: extra sentence for ``MissingCheckpointError`` (e.g. how the app passes the
                 path); None gives the default ``--conf <name>_checkpoint`` advice.
+            encoder_runtime: "auto" | "torch" | "onnxruntime" | "openvino" for the image encoder
+                (``lib.tools.encoder_runtime``; exported per checkpoint SHA-256 and ``image_size``, in the
+                background on first use unless ``block_export``; any failure falls back to torch, logged).
+            block_export: export in the first caller's thread instead of the background.
 
         Raises:
             MissingCheckpointError: the checkpoint is None or not a file (unless ``allow_random_weights``).
@@ -347,9 +382,11 @@ class Sam2Tool(Tool):
             OmegaConf.update(cfg, key, value, force_add=True)
         OmegaConf.resolve(cfg)
         model = instantiate(cfg.model, _recursive_=True)
+        sha = None  # random weights: the export is keyed by a hash of the state dict instead
         if ckpt is not None:
             self._load(model, ckpt)
-            self.weights = f"{ckpt.name} (sha256 {_sha256(ckpt)})"
+            sha = _sha256(ckpt)
+            self.weights = f"{ckpt.name} (sha256 {sha})"
         else:
             self.weights = "random (test only)"
         self.model = model.to(self.device).eval()
@@ -359,6 +396,17 @@ class Sam2Tool(Tool):
         self._std = torch.tensor(_STD, dtype=torch.float32, device=self.device).view(3, 1, 1)
         self._lock = threading.Lock()
         self.encoder_calls = 0  # sessions encoded so far (for /info and tests)
+        self.encoder = EncoderRunner(
+            _Sam2ImageEncoder(self.model), name=f"sam2-{self.config_path.stem}", input_size=(self.image_size,) * 2,
+            runtime=encoder_runtime, device=self.device, weights_sha256=sha, block=block_export)
+
+    def prepare_encoder(self) -> None:
+        """Load the exported image encoder, or start exporting it (see ``block_export``); idempotent."""
+        self.encoder.prepare()
+
+    def encoder_info(self) -> dict:
+        """Which runtime the image encoder uses now (``EncoderRunner.info``), for /info."""
+        return self.encoder.info()
 
     # ------------------------------------------------------------------ loading
 
@@ -461,16 +509,7 @@ class Sam2Tool(Tool):
                 x[None], (self.image_size, self.image_size), mode="bilinear", align_corners=False, antialias=True
             )
             x = (x - self._mean) / self._std
-            backbone_out = self.model.forward_image(x)
-            _, vision_feats, _, feat_sizes = self.model._prepare_backbone_features(backbone_out)
-            if self.model.directly_add_no_mem_embed:
-                # as SAM2ImagePredictor.set_image: training added it to the lowest-res map on single frames
-                vision_feats[-1] = vision_feats[-1] + self.model.no_mem_embed
-            # (HW, 1, C) -> (1, C, H, W) with the sizes the backbone produced (not a hard-coded list)
-            feats = [
-                f.permute(1, 2, 0).reshape(1, -1, *s).contiguous()
-                for f, s in zip(vision_feats, feat_sizes, strict=True)
-            ]
+        feats = self.encoder(x)
         ms = (time.perf_counter() - t0) * 1e3
         with self._lock:
             self.encoder_calls += 1

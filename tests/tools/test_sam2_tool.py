@@ -18,11 +18,15 @@ pytest.importorskip("sam2")
 
 from lib.tools.base import BOX, MASK_INPUT, POINT, MissingCheckpointError  # noqa: E402
 from lib.tools.bundle import load_tool, read_metadata  # noqa: E402
+from lib.tools.encoder_runtime import installed_runtimes  # noqa: E402
 from lib.tools.sam2_tool import Sam2Tool  # noqa: E402
 
 BUNDLES = Path(__file__).resolve().parents[2] / "bundles"
 H, W = 96, 130
-RANDOM = {"tool#allow_random_weights": True}
+#: torch encoder in these tests (an export of the 30 M-parameter model per test would take minutes); the
+#: exported runtimes are tested once, in test_exported_encoder_matches_torch
+TORCH = {"encoder_runtime": "torch"}
+RANDOM = {"tool#allow_random_weights": True, **TORCH}
 
 
 def _image(seed: int) -> np.ndarray:
@@ -150,12 +154,12 @@ def test_invalid_image_raises(medsam2):
 def test_missing_checkpoint_names_file(tmp_path):
     missing = tmp_path / "MedSAM2_latest.pt"
     with pytest.raises(MissingCheckpointError) as info:
-        Sam2Tool("medsam2", checkpoint=missing, image_size=512)
+        Sam2Tool("medsam2", checkpoint=missing, image_size=512, encoder_runtime="torch")
     assert "MedSAM2_latest.pt" in str(info.value) and str(missing) in str(info.value)
     assert "--conf medsam2_checkpoint" in str(info.value) and "never downloaded" in str(info.value)
     # through the bundle: MONAI's instantiate may wrap it in a RuntimeError; the cause must be ours
     with pytest.raises(Exception) as info:
-        load_tool(BUNDLES / "sam2", checkpoint=str(tmp_path / "sam2.1_hiera_tiny.pt"))
+        load_tool(BUNDLES / "sam2", checkpoint=str(tmp_path / "sam2.1_hiera_tiny.pt"), **TORCH)
     err = _cause(info.value, MissingCheckpointError)
     assert err is not None and "sam2.1_hiera_tiny.pt" in str(err)
 
@@ -164,7 +168,7 @@ def test_checkpoint_round_trip(medsam2, session, tmp_path):
     """A {"model": state_dict} file (the release format) loads strictly and reproduces the model."""
     ckpt = tmp_path / "MedSAM2_latest.pt"
     torch.save({"model": medsam2.model.state_dict()}, ckpt)
-    tool = load_tool(BUNDLES / "medsam2", checkpoint=str(ckpt))
+    tool = load_tool(BUNDLES / "medsam2", checkpoint=str(ckpt), **TORCH)
     assert tool.weights.startswith("MedSAM2_latest.pt (sha256 ")
     a = session.predict(box=(50, 20, 110, 60))
     b = tool.start(_image(0)).predict(box=(50, 20, 110, 60))
@@ -174,7 +178,7 @@ def test_checkpoint_round_trip(medsam2, session, tmp_path):
     sd.pop(next(iter(sd)))
     torch.save({"model": sd}, ckpt)
     with pytest.raises(Exception) as info:
-        load_tool(BUNDLES / "medsam2", checkpoint=str(ckpt))
+        load_tool(BUNDLES / "medsam2", checkpoint=str(ckpt), **TORCH)
     assert _cause(info.value, ValueError) is not None and "missing keys" in str(_cause(info.value, ValueError))
 
 
@@ -246,5 +250,33 @@ def test_cuda_request_falls_back_to_cpu():
     if torch.cuda.is_available():
         pytest.skip("CUDA is available here")
     with pytest.warns(RuntimeWarning, match="cpu"):
-        tool = Sam2Tool("sam2", device="cuda", image_size=256, allow_random_weights=True)
+        tool = Sam2Tool("sam2", device="cuda", image_size=256, allow_random_weights=True, encoder_runtime="torch")
     assert tool.device.type == "cpu"
+
+
+@pytest.mark.skipif(not installed_runtimes(), reason="neither onnxruntime nor openvino is installed")
+def test_exported_encoder_matches_torch(tmp_path, monkeypatch):
+    """The Hiera image encoder exports to ONNX / OpenVINO IR and gives torch's three feature maps and masks.
+
+    Random weights at image_size 256 to stay fast (the export does not depend on the size or the weights);
+    the exports go to a temporary cache.
+    """
+    monkeypatch.setenv("MEDSAM_AGENT_CACHE", str(tmp_path))
+    torch.manual_seed(2)
+    ref = Sam2Tool("sam2", image_size=256, allow_random_weights=True, encoder_runtime="torch")
+    img = _image(5)
+    want = ref.start(img)
+    prompts = [{"box": (50, 20, 110, 60)}, {"box": (50, 20, 110, 60), "points": [(80, 40)], "labels": [1]},
+               {"points": [(80, 40), (20, 80)], "labels": [1, 0]}]
+    # onnxruntime first: OpenVINO then converts its ONNX file instead of exporting from torch again
+    for rt in sorted(installed_runtimes(), key=lambda r: r != "onnxruntime"):
+        torch.manual_seed(2)  # the same random weights as ``ref``
+        tool = Sam2Tool("sam2", image_size=256, allow_random_weights=True, encoder_runtime=rt, block_export=True)
+        got = tool.start(img)
+        assert tool.encoder_info()["encoder_runtime"] == rt, tool.encoder_info()
+        for a, b in zip((*got._high_res_feats, got._image_embed), (*want._high_res_feats, want._image_embed)):
+            assert a.shape == b.shape and float((a - b).abs().max()) < 1e-4
+        for p in prompts:
+            x, y = got.predict(**p), want.predict(**p)
+            inter = int((x.mask & y.mask).sum())
+            assert 2 * inter / max(1, int(x.mask.sum() + y.mask.sum())) >= 0.999
