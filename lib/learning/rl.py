@@ -42,7 +42,7 @@ from lib.agent.clicks import jittered_box
 from lib.agent.env import EnvConfig, SegmentationEnv
 from lib.agent.policies.base import Policy, Prefixed
 from lib.agent.policies.compact import CompactPolicy
-from lib.agent.policies.compact_net import entropy_of_kind, log_prob
+from lib.agent.policies.compact_dist import entropy_of_kind, log_prob
 from lib.agent.rewards import RewardConfig
 from lib.agent.rollout import episode_seed, rollout, sample_options, tool_name, window_slice
 from lib.agent.settings import EpisodeSettings

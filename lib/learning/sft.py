@@ -31,18 +31,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from lib.agent.policies.compact import CompactPolicy
-from lib.agent.policies.compact_net import (
-    BOX,
-    NEG,
-    POS,
-    CompactConfig,
-    choose,
-    encode_action,
-    log_prob,
-    resize_plane,
-    soft_targets,
-    state_features,
-)
+from lib.agent.policies.compact_codec import encode_action
+from lib.agent.policies.compact_config import BOX, NEG, POS, CompactConfig
+from lib.agent.policies.compact_dist import choose, log_prob, soft_targets
+from lib.agent.policies.compact_state import resize_plane, state_features
 from lib.agent.trajectories import Trajectory, read_jsonl
 from lib.data.dataset import Case, split_cases
 from lib.learning.agent_data import SliceImages, TrajectoryConfig, traj_key

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lib.agent.policies.compact_net import CompactConfig
+from lib.agent.policies.compact_config import CompactConfig
 from lib.data.dataset import SliceSample
 
 LABELS = {"organ": 1, "kidney": 2}

@@ -10,14 +10,10 @@ import torch
 
 from lib.agent.actions import Box, Point, Stop, validate
 from lib.agent.policies.compact import CompactPolicy
-from lib.agent.policies.compact_net import (
-    BOX,
-    CompactConfig,
-    decode_action,
-    encode_action,
-    n_parameters,
-    prompt_planes,
-)
+from lib.agent.policies.compact_codec import decode_action, encode_action
+from lib.agent.policies.compact_config import BOX, CompactConfig
+from lib.agent.policies.compact_net import n_parameters
+from lib.agent.policies.compact_state import prompt_planes
 
 from .conftest import LABELS, TINY
 

@@ -11,7 +11,7 @@ import torch
 
 from lib.agent.env import SegmentationEnv
 from lib.agent.policies.compact import CompactPolicy
-from lib.agent.policies.compact_net import log_prob
+from lib.agent.policies.compact_dist import log_prob
 from lib.agent.rollout import sample_options, window_slice
 from lib.agent.settings import EpisodeSettings
 from lib.data.dataset import SliceSample

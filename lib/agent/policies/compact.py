@@ -2,7 +2,8 @@
 
 It sees what any policy sees (``obs["image"]``, ``obs["mask"]``, ``info["actions"]``, ``info["turn"]``,
 ``info["target"]``), never the ground truth and never a backend's embedding, so the same checkpoint drives
-any tool. Network, input channels and action distribution: ``lib.agent.policies.compact_net``.
+any tool. Settings, frame and channels: ``compact_config``; input planes: ``compact_state``; action codec:
+``compact_codec``; network: ``compact_net``; action distribution: ``compact_dist`` (all in ``lib.agent.policies``).
 
 After every ``act`` it exposes ``last_quality`` (the value head: predicted IoU in [0, 1] of the mask it
 was shown, i.e. the mask BEFORE the action it returns; at Stop, the answer's quality) and
@@ -33,20 +34,11 @@ import torch
 
 from lib.agent.actions import Action, Stop, to_dict
 from lib.agent.policies.base import Policy
-from lib.agent.policies.compact_net import (
-    CHANNELS,
-    KINDS,
-    STOP,
-    ActionCode,
-    CompactConfig,
-    CompactNet,
-    choose,
-    decode_action,
-    log_prob,
-    n_parameters,
-    resize_plane,
-    state_features,
-)
+from lib.agent.policies.compact_codec import ActionCode, decode_action
+from lib.agent.policies.compact_config import CHANNELS, KINDS, STOP, CompactConfig
+from lib.agent.policies.compact_dist import choose, log_prob
+from lib.agent.policies.compact_net import CompactNet, n_parameters
+from lib.agent.policies.compact_state import resize_plane, state_features
 
 FORMAT = "medsam-agent-compact-policy"
 FORMAT_VERSION = 1
