@@ -49,6 +49,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--clicks", type=int, default=4, help="corrective clicks after the box")
     p.add_argument("--noc-max", type=int, default=20, help="NoC@85 / NoC@90 click budget")
     p.add_argument("--max-per-case", type=int, default=None, help="cap of (slice, label) items per case")
+    p.add_argument("--max-per-label", type=int, default=None,
+                   help="cap of items per (case, label), evenly spaced over that label's slices (every label keeps "
+                        "a share; --max-per-case can skip labels on volumes with many labels per slice)")
     p.add_argument("--labels", default=None, help="label names, comma separated (default: all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache-dir", default="runs/embedding_cache")
@@ -94,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     from lib.learning.tool_backends import make_backend
     from lib.learning.tool_curves import plot_dice_per_click
     from lib.learning.tool_data import build_slice_set
-    from lib.learning.tool_eval import evaluate_weights, summarize
+    from lib.learning.tool_eval import evaluate_weights, per_label_subset, summarize
     from lib.tools.bundle import load_tool
     from lib.tools.registry import bundle_dir
 
@@ -111,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     data = build_slice_set(ds, cases, backend, cache, labels=args.labels.split(",") if args.labels else None,
                            max_per_case=args.max_per_case, ct_window=(level, width), desc=f"{args.split} slices",
                            progress=not args.no_progress)
+    data = per_label_subset(data, args.max_per_label)
     logging.info("%d items on %d slices of %s; cache %d hits / %d misses in %.0fs", len(data.items), data.n_slices,
                  [c.case_id for c in cases], cache.hits, cache.misses, time.perf_counter() - t0)
     variants = {} if args.no_released else {"released": ""}

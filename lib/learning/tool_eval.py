@@ -27,6 +27,25 @@ from lib.tools.base import Tool
 from lib.tools.interaction import Interaction, Prompting
 
 
+def per_label_subset(data: SliceSet, n: int | None) -> SliceSet:
+    """At most ``n`` items of every (case, label), evenly spaced over that label's slices, in the input order.
+
+    ``SliceSet.subset`` spaces items evenly over the whole (slice, label) list, which on a volume with many
+    labels per slice can skip a label entirely (the stride aliases with the labels per slice); this keeps
+    every label of every case, e.g. small organs that appear on few slices.
+    """
+    if n is None:
+        return data
+    if n < 1:
+        raise ValueError(f"n must be >= 1 or None, got {n}")
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i, it in enumerate(data.items):
+        groups.setdefault((it.case_id, it.label), []).append(i)
+    keep = sorted(g[j] for g in groups.values() for j in np.unique(np.linspace(0, len(g) - 1, min(n, len(g)))
+                                                                     .round().astype(int)))
+    return SliceSet(data.embeddings, [data.items[i] for i in keep], data.cases)
+
+
 def box_session_dice(session, gt: np.ndarray, box, clicks: int, prompting: Prompting,
                      local_radius: float | None = None) -> list[float]:
     """Dice after ``box`` and after each of ``clicks`` corrective clicks (a perfect mask keeps its value);

@@ -4,11 +4,15 @@ baseline and NoC@90 beside the Dice-per-click curve (the columns scripts/evaluat
 from __future__ import annotations
 
 import numpy as np
+import pytest
+import torch
 
 from lib.agent.clicks import jittered_box
 from lib.agent.metrics import dice
 from lib.agent.policies.ellipse import ellipse_mask
-from lib.learning.tool_eval import evaluate_weights, summarize
+from lib.learning.click_sessions import ClickTarget
+from lib.learning.tool_data import SliceSet
+from lib.learning.tool_eval import evaluate_weights, per_label_subset, summarize
 
 
 def test_rows_carry_the_ellipse_baseline_and_noc90(ft):
@@ -34,3 +38,19 @@ def test_rows_carry_the_ellipse_baseline_and_noc90(ft):
     # rows of an older run (no ellipse / NoC@90) still summarise
     old = [{k: v for k, v in r.items() if k not in ("ellipse", "noc@90", "reached@90")} for r in rows]
     assert summarize(old, clicks=2)["all"]["ellipse"] is None
+
+
+def test_per_label_subset_keeps_every_label_evenly_spaced():
+    # a volume's item list: slices 0..9, labels a (every slice), b (every slice), c (slices 4, 5 only)
+    items = [ClickTarget(k, np.zeros((2, 2), bool), torch.zeros(1), (2, 2), "v", lab)
+             for k in range(10) for lab in ("a", "b", "c") if lab != "c" or k in (4, 5)]
+    data = SliceSet(torch.zeros(10, 1), items, ["v"])
+    # a plain even spacing over the list (SliceSet.subset) can miss c entirely
+    assert {it.label for it in data.subset(4).items} == {"a", "b"}
+    kept = per_label_subset(data, 3).items
+    assert [(it.label, it.index) for it in kept if it.label == "a"] == [("a", 0), ("a", 4), ("a", 9)]
+    assert [it.index for it in kept if it.label == "c"] == [4, 5]
+    assert [items.index(it) for it in kept] == sorted(items.index(it) for it in kept)  # input order kept
+    assert per_label_subset(data, None) is data
+    with pytest.raises(ValueError):
+        per_label_subset(data, 0)
