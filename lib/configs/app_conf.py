@@ -20,6 +20,8 @@ FALSE = {"0", "false", "no", "off", "n", "f", ""}
 
 #: the conf keys that fill ``AppConf.episode`` (``lib.agent.settings.EpisodeSettings``, its defaults)
 EPISODE_KEYS = ("prompting", "local_radius", "max_turns", "ct_window", "box_jitter")
+#: what the ``agent`` / ``agent_handoff`` tasks segment: the whole structure through the volume, or one slice
+SCOPES = ("volume", "slice")
 
 
 def _bool(key: str, v: str) -> bool:
@@ -60,6 +62,8 @@ class AppConf:
             (``<models_dir>/<backend>/adapted.pt``); default: each bundle's own ``models/`` folder.
         demo_policy: until a policy is trained, serve the demo policy shipped for the sample studies
             (``demo/agent_policy``); ``serve.sh`` turns it on only when it serves the sample studies.
+        scope: what ``agent`` / ``agent_handoff`` return by default (a request may send ``scope``):
+            "volume" = the structure through the whole 3D image from one seed slice, "slice" = the seed slice only.
     """
 
     backends: tuple[str, ...] = BACKENDS
@@ -79,6 +83,7 @@ class AppConf:
     vlm_path: str = ""
     demo_policy: bool = False
     models_dir: str = ""
+    scope: str = "volume"
 
     def __post_init__(self) -> None:
         unknown = [b for b in self.backends if b not in BACKENDS]
@@ -92,6 +97,9 @@ class AppConf:
             raise ValueError(f"--conf agent_backend {self.agent_backend!r}: choose from {', '.join(BACKENDS)}")
         if self.policy == "vlm" and not self.vlm_path:
             raise ValueError("--conf policy vlm needs --conf vlm_path /path/to/Qwen3-VL-checkpoint")
+        if self.scope not in SCOPES:
+            raise ValueError(f"--conf scope {self.scope!r}: use one of {', '.join(SCOPES)} (volume = the whole "
+                             "structure in 3D, slice = one slice)")
         if self.session_cache_mb <= 0:
             raise ValueError(f"--conf session_cache_mb must be > 0, got {self.session_cache_mb}")
         for name, v in self.labels.items():
@@ -119,7 +127,7 @@ class AppConf:
                     kw[key] = int(v)
                 except ValueError:
                     raise ValueError(f"--conf {key} {v!r}: expected an integer") from None
-            elif key == "encoder_runtime":
+            elif key in ("encoder_runtime", "scope"):
                 kw[key] = v.strip().lower()
             elif key in ("preload", "demo_policy"):
                 kw[key] = _bool(key, v)

@@ -17,6 +17,7 @@ def test_defaults_and_typed_parsing():
     default = EpisodeSettings()
     assert c.episode.local_radius == default.local_radius and c.episode.max_turns == default.max_turns
     assert AppConf.parse({}).backends == ("litemedsam", "sam2", "medsam2")
+    assert AppConf.parse({}).scope == "volume" and AppConf.parse({"scope": " Slice "}).scope == "slice"
 
 
 @pytest.mark.parametrize("conf,message", [
@@ -31,6 +32,7 @@ def test_defaults_and_typed_parsing():
     ({"max_turns": "0"}, "max_turns"),
     ({"local_radius": "-1"}, "local_radius"),
     ({"box_jitter": "0.7"}, "box_jitter"),
+    ({"scope": "cube"}, "scope 'cube': use one of volume, slice"),
 ])
 def test_bad_conf_values_are_explained(conf, message):
     with pytest.raises(ValueError, match=message):
