@@ -8,7 +8,7 @@ actions; the G rollouts of a start state share the encoded slice, never the prom
 - completion = the model's tool calls, each followed by the environment's answer as a new user turn with the
   mask overlay (``lib.agent.vlm_image``), until Stop or the turn budget. The environment's tokens carry
   ``tool_mask = 0`` and are not trained; the model's tokens are kept exactly as sampled (never re-tokenised
-  from decoded text, which misaligned log-probs in the reference, §5.13);
+  from decoded text, which misaligned log-probs in the reference);
 - reward = registered functions of the finished episode (``REWARD_FUNCS``): ``episode`` = the environment's
   episode reward (``lib.agent.rewards``, the reference's R by default) and ``invalid`` = minus the number of
   invalid actions; weights in ``GRPOConfig.reward_weights``.
