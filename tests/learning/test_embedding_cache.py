@@ -58,3 +58,13 @@ def test_fixture_encoded_each_slice_once(ft):
     assert ft.first_encoder_calls == ft.first_misses == ft.train.n_slices + ft.val.n_slices == 2
     assert len(ft.train.items) == len(ft.val.items) == 2
     assert ft.train.embeddings.shape == (1, 256, 64, 64)
+
+
+def test_encoder_id_names_the_runtime_that_made_the_embeddings(ft):
+    """Embeddings come from the served tool's encoder path; an exported runtime's are cached under their own id
+    (they differ from torch's by float round-off), so one cache never mixes runtimes."""
+    backend = ft.backend
+    runtime = backend.tool.encoder.active
+    sha = backend.released_sha256()
+    assert backend.encoder_id() == (f"tinyvit:{sha}" if runtime == "torch" else f"tinyvit:{sha}:{runtime}")
+    assert set(backend.trainable_modules()) == {"prompt_encoder", "mask_decoder"}  # the encoder stays frozen
