@@ -91,7 +91,7 @@ class MedSAMAgentApp(MONAILabelApp):
         for m in AGENT_MODELS:
             infers[m] = lib.infers.agent.AgentInfer(
                 agent_backend, self.policy_store, self.agent_labels, self.app_conf.episode,
-                handoff=(m == "agent_handoff"))
+                handoff=(m == "agent_handoff"), scope=self.app_conf.scope)
         return infers
 
     def init_trainers(self):
@@ -162,7 +162,8 @@ class MedSAMAgentApp(MONAILabelApp):
         res = super().infer(request, datastore)
         if model in AGENT_MODELS and isinstance(image, str) and image in ds.list_images():
             # what the most_turns strategy ranks on, refreshed by every agent run a user makes
-            ds.update_image_info(image, lib.activelearning.agent_turns.agent_info([res["params"]]))
+            ds.update_image_info(image, lib.activelearning.agent_turns.agent_info([res["params"]],
+                                                                                  ds.get_image_info(image)))
         return res
 
     def warn_settings(self, backend: str, weights: dict) -> None:

@@ -141,9 +141,14 @@ class ToolProvider:
         self.tool  # noqa: B018  (loads, or reloads newly published weights, first)
         return self._mtime
 
+    def cache_key(self, key: Hashable) -> tuple:
+        """The key ``session`` files ``key`` under in ``cache`` (this backend's name first, so two backends never
+        share an embedding). Whoever encodes into ``cache`` directly (a volume episode) uses it, so its slices
+        and later single-slice requests reuse each other's embeddings."""
+        return (self.name, *key) if isinstance(key, tuple) else (self.name, key)
+
     def session(self, key: Hashable, image: Callable[[], np.ndarray]) -> tuple[ToolSession, bool]:
         """Cached session for ``key`` (which must identify image, slice and windowing), encoding
         ``image()`` on a miss. Returns (session, was_cached)."""
         tool = self.tool
-        return self.cache.get_or_start((self.name, *key) if isinstance(key, tuple) else (self.name, key),
-                                       lambda: tool.start(image()))
+        return self.cache.get_or_start(self.cache_key(key), lambda: tool.start(image()))

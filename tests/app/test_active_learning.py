@@ -1,7 +1,9 @@
-"""most_turns ranking and agent_turns bookkeeping on a stand-in datastore (pure logic)."""
+"""most_turns ranking and agent_turns bookkeeping on a stand-in datastore (pure logic, no server)."""
 
-from lib.activelearning.agent_turns import agent_info
-from lib.activelearning.most_turns import MostTurns
+from types import SimpleNamespace
+
+from lib.activelearning.agent_turns import AgentTurnsScoring, agent_info, corrective_actions
+from lib.activelearning.most_turns import MostTurns, ranked
 
 
 class Store:
@@ -14,6 +16,12 @@ class Store:
     def get_image_info(self, i):
         return dict(self.infos[i])
 
+    def get_image_uri(self, i):
+        return f"/data/{i}.nii.gz"
+
+    def update_image_info(self, i, info):
+        self.infos[i] = {**self.infos[i], **info}
+
 
 def test_most_turns_first_then_lowest_quality_then_least_recently_served():
     store = Store({
@@ -24,6 +32,7 @@ def test_most_turns_first_then_lowest_quality_then_least_recently_served():
         "e": {"agent_turns": 4.0, "agent_quality": 0.6, "strategy": {"most_turns": {"ts": 10}}},
     })
     assert MostTurns()({}, store)["id"] == "e"  # 4 turns, quality 0.6, served longest ago
+    assert ranked(store.get_unlabeled_images(), store.get_image_info) == ["e", "c", "b", "a", "d"]
     del store.infos["e"]
     assert MostTurns()({}, store)["id"] == "c"
     store.infos = {"d": {}, "a": {"agent_turns": 1.0}}
@@ -31,10 +40,50 @@ def test_most_turns_first_then_lowest_quality_then_least_recently_served():
     assert MostTurns()({}, Store({})) is None
 
 
-def test_agent_info_summarises_per_label_results():
-    info = agent_info([
-        {"turns": 2, "predicted_quality": 0.9, "stop_reason": "stop", "target": "liver"},
-        {"turns": 5, "predicted_quality": 0.4, "stop_reason": "budget", "target": "pancreas"},
-    ])
-    assert info["agent_turns"] == 3.5 and info["agent_quality"] == 0.4
+def volume_result(target, corrective, quality=0.8, stop="policy"):
+    """The keys of an agent result JSON in volume scope that active learning reads."""
+    return {"scope": "volume", "target": target, "turns": 2, "handoff_actions": 0, "corrective_actions": corrective,
+            "predicted_quality": 0.9, "min_predicted_quality": quality, "stop_reason": stop}
+
+
+def test_agent_info_sums_corrective_actions_over_labels_with_a_per_label_breakdown():
+    info = agent_info([volume_result("liver", 7, 0.9), volume_result("pancreas", 12, 0.4, "budget")])
+    assert info["agent_turns"] == 19 and info["agent_actions_per_label"] == {"liver": 7, "pancreas": 12}
+    assert info["agent_quality"] == 0.4 and info["agent_quality_per_label"] == {"liver": 0.9, "pancreas": 0.4}
     assert info["agent_stop_reason"] == "budget" and info["agent_labels"] == ["liver", "pancreas"]
+    assert info["agent_scope"] == "volume"
+    # slice-scope (and older) results: executed turns minus the user's hand-off prompts
+    assert corrective_actions({"turns": 5, "handoff_actions": 1}) == 4 and corrective_actions({"turns": 3}) == 3
+    # a user's request on one label updates that label and keeps the others
+    again = agent_info([volume_result("liver", 2, 0.95)], previous=info)
+    assert again["agent_actions_per_label"] == {"liver": 2, "pancreas": 12} and again["agent_turns"] == 14
+    assert again["agent_quality"] == 0.4
+
+
+def test_scoring_runs_the_agent_per_label_and_most_turns_serves_the_known_order():
+    # corrective actions per (image, label): image totals c 9 (tie with b, lower quality), b 9, a 3, e 1
+    table = {("a", "liver"): (1, 0.9), ("a", "spleen"): (2, 0.9),
+             ("b", "liver"): (4, 0.8), ("b", "spleen"): (5, 0.85),
+             ("c", "liver"): (8, 0.5), ("c", "spleen"): (1, 0.9),
+             ("e", "liver"): (0, 0.95), ("e", "spleen"): (1, 0.95)}
+    calls = []
+
+    def agent(request):
+        image = request["image"].split("/")[-1].split(".")[0]
+        calls.append((image, request["label"], request.get("scope")))
+        if image == "bad":
+            raise ValueError("unreadable")
+        corrective, q = table[image, request["label"]]
+        return None, volume_result(request["label"], corrective, q)
+
+    agent.store = SimpleNamespace(get=lambda: SimpleNamespace(labels={"liver": 1, "spleen": 2}))
+    store = Store({i: {} for i in ("a", "b", "bad", "c", "e")})
+    out = AgentTurnsScoring(agent, {"liver": 1, "spleen": 2, "lesion": 5})({"scope": "volume"}, store)
+    assert out["scored"] == 4 and set(out["failed"]) == {"bad"}
+    assert out["turns"] == {"a": 3, "b": 9, "c": 9, "e": 1}
+    assert ("a", "spleen", "volume") in calls and not any(label == "lesion" for _, label, _ in calls)
+    assert store.infos["c"]["agent_actions_per_label"] == {"liver": 8, "spleen": 1}
+    assert ranked(store.get_unlabeled_images(), store.get_image_info) == ["c", "b", "a", "e", "bad"]
+    served = MostTurns()({}, store)
+    assert served["id"] == "c" and served["agent_turns"] == 9
+    assert served["agent_actions_per_label"] == {"liver": 8, "spleen": 1}
