@@ -447,3 +447,28 @@ class EncoderRunner:
             return tuple(torch.from_numpy(o).to(self.device) for o in outs)
         with torch.inference_mode():
             return _as_tuple(self.module(x.to(self.device)))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m lib.tools.encoder_runtime [--runtime auto] [--backend litemedsam]``: export (or find) the
+    backend's image encoder in the cache now and print where it is, so a deployment or CI run pays the export
+    before the first request instead of during it. Exit status 1 when it falls back to torch."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--runtime", default="auto", choices=RUNTIMES)
+    ap.add_argument("--backend", default="litemedsam", help="a bundle under bundles/ (sam2/medsam2 need a checkpoint)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    from lib.tools.bundle import load_tool
+    from lib.tools.registry import bundle_dir
+
+    tool = load_tool(bundle_dir(args.backend), encoder_runtime=args.runtime, **{"tool#block_export": True})
+    tool.prepare_encoder()
+    info = tool.encoder_info()
+    print(json.dumps({**info, "folder": str(tool.encoder.folder) if tool.encoder.folder else None}))
+    return 0 if info["encoder_state"] == "ready" else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -32,7 +32,8 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 # -- sample slices: CT and MR phantoms, windowed as the app does ------------------------------------
 def phantom_slices() -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """(name, (H, W) float32 [0, 1] slice, (H, W) uint8 labels) of a CT and an MR phantom, 2 slices each."""
+    """(name, (H, W) float32 [0, 1] slice, (H, W) uint8 labels): the slice of a CT and of an MR phantom with the
+    most labelled pixels (several organs each)."""
     from lib.data.intensity import Windowing
     from lib.data.phantoms import ct_phantom, mr_phantom
 
@@ -42,7 +43,7 @@ def phantom_slices() -> list[tuple[str, np.ndarray, np.ndarray]]:
         ("mr", mr_phantom(4, shape=(10, 160, 160)), Windowing(mode="percentile")),
     ):
         counts = [(lab[k] > 0).sum() for k in range(lab.shape[0])]
-        for k in np.argsort(counts)[::-1][:2]:
+        for k in np.argsort(counts)[::-1][:1]:
             out.append((f"{name}[{k}]", win(img[k].astype(np.float32)), lab[k]))
     return out
 
