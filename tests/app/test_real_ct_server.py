@@ -61,7 +61,8 @@ def test_handoff_agent_and_direct_litemedsam_on_the_real_ct_liver(real_server, t
     liver, (k, gt, fg, roi) = liver_prompt(real_server.studies)
     assert liver == 1  # the phantoms' value: one label set for phantoms and real studies
 
-    out, res = client.infer("agent_handoff", IMAGE, {"label": "liver", "roi": roi})
+    # scope "slice": the returned slice is the one compared (the default, "volume", is tests/app/test_volume_server.py)
+    out, res = client.infer("agent_handoff", IMAGE, {"label": "liver", "roi": roi, "scope": "slice"})
     pred = ijk(out)
     assert pred.shape == (*gt.shape, 30)  # [i, j, k]: the whole volume, 30 slices
     assert res["handoff_actions"] == 1 and res["actions"][0]["type"] == "box"
