@@ -14,7 +14,7 @@ Stages (each cached in ``--work``, so an interrupted run resumes; ``--force STAG
    hand-off mode (the same jittered box for all, drawn exactly as ``scripts/evaluate.py`` draws it) and
    expert / SFT / SFT+GRPO in autonomous mode, at the same turn budget. Metrics come from
    ``scripts/evaluate.py``'s own scoring functions.
-6. ``report``: the table goes into BENCHMARKS.md under "## Agent: compact policy, SFT and GRPO (issue 7)"
+6. ``report``: the table goes into BENCHMARKS.md under "## Agent on one slice: compact policy, SFT and GRPO"
    (only that section is replaced), learning curves and Dice-vs-turn plots into docs/figures/.
 """
 
@@ -36,7 +36,7 @@ from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-SECTION = "## Agent: compact policy, SFT and GRPO (issue 7)"
+SECTION = "## Agent on one slice: compact policy, SFT and GRPO"
 STAGES = ("data", "trajectories", "sft", "rl", "eval", "report")
 
 
@@ -329,7 +329,7 @@ def report(args: argparse.Namespace, ev: dict, sft: dict, rl: dict, traj_s: floa
         (f"SFT ≤ 15 min ({sft['time_s'] / 60:.1f}), GRPO ≤ 30 min ({rl['time_s'] / 60:.1f})",
          sft["time_s"] <= 900 and rl["time_s"] <= 1800),
     ]
-    lines += ["Checks (issue 7, measured, not asserted):", ""]
+    lines += ["Checks (measured, not asserted):", ""]
     lines += [f"- {'PASS' if ok else 'MISS'}: {text}" for text, ok in checks]
     notes = args.work / "notes.md"
     if notes.is_file():  # the reading of these numbers, written by whoever ran the benchmark

@@ -60,7 +60,7 @@ def install(ckpt: Path, out: Path, work: Path, command: list[str]) -> dict:
         "labels": meta.get("labels"),
         "parameters": meta.get("parameters"),
         "training": meta.get("provenance"),
-        "evaluation": "BENCHMARKS.md, 'Agent: compact policy, SFT and GRPO (issue 7)' (held-out test studies)",
+        "evaluation": "BENCHMARKS.md, 'Agent on one slice: compact policy, SFT and GRPO' (held-out test studies)",
     }
     (out / "provenance.json").write_text(json.dumps(prov, indent=1, default=str) + "\n")
     return prov
