@@ -50,8 +50,10 @@ def volume_server(tmp_path_factory):
     subprocess.run([sys.executable, str(ROOT / "scripts" / "make_sample_studies.py"), "--out", str(root / "data"),
                     "--n-ct", "0", "--n-mr", "0", "--n-2d", "0", "--real"], check=True, capture_output=True, text=True)
     studies = root / "data" / "studies"
-    # a thread pool for infers, so concurrent requests really overlap inside the server
-    srv = Server(studies, conf={"demo_policy": "true", "policy_dir": str(root / "policy")},
+    # a thread pool for infers, so concurrent requests really overlap inside the server; one torch thread: on a
+    # shared 2-core machine torch's two intra-op threads spin against other jobs (measured in-process on this CT, a
+    # volume request on cached embeddings took 129 s with 2 threads, 23 s with 1)
+    srv = Server(studies, conf={"demo_policy": "true", "policy_dir": str(root / "policy"), "threads": "1"},
                  env={"MONAI_LABEL_INFER_CONCURRENCY": "4"}).wait()
     srv.root = root
     yield srv
