@@ -41,7 +41,10 @@ def agent_server(sample_data, tmp_path_factory):
     studies = root / "studies"
     shutil.copytree(sample_data / "studies", studies)
     # a thread pool for infers, so concurrent requests really overlap inside the server
-    srv = Server(studies, conf={"policy_dir": str(root / "policy")}, env={"MONAI_LABEL_INFER_CONCURRENCY": "4"}).wait()
+    # one-slice agent requests: these tests check training, reload, scoring and bad input on a slice; the volume
+    # scope (the default) has its own server test (test_volume_server.py) and would multiply this file's time
+    srv = Server(studies, conf={"policy_dir": str(root / "policy"), "scope": "slice"},
+                 env={"MONAI_LABEL_INFER_CONCURRENCY": "4"}).wait()
     srv.policy_dir = root / "policy"
     yield srv
     srv.stop()

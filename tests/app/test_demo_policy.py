@@ -30,11 +30,12 @@ def test_demo_policy_serves_the_agent_without_training(sample_data, tmp_path):
     studies = tmp_path / "studies"
     shutil.copytree(sample_data / "studies", studies)
     policy_dir = tmp_path / "policy"
-    with Server(studies, conf={"demo_policy": "true", "policy_dir": str(policy_dir)}) as srv:
+    with Server(studies, conf={"demo_policy": "true", "policy_dir": str(policy_dir), "scope": "slice"}) as srv:
         client = MONAILabelClient(srv.url, tmpdir=str(tmp_path))
         assert client.info()["agent"]["trained"] is True
         image_id, label_path = labelled(studies)[0]
         k, gt = liver_slice(label_path)
         out, res = client.infer("agent", image_id, {"label": "liver", "slice": k})
         assert dice(ijk(out)[:, :, k] == 1, gt) >= 0.8, res
+        assert "settings_mismatch" not in res, res  # it records the settings the app serves
     assert (policy_dir / "policy.pt").is_file()  # copied to the served folder, where training will replace it
