@@ -15,7 +15,17 @@ from lib.learning.tool_data import SliceSet
 from lib.learning.tool_eval import evaluate_weights, per_label_subset, summarize
 
 
-def test_rows_carry_the_ellipse_baseline_and_noc90(ft):
+@pytest.fixture
+def one_thread():
+    """One torch thread for 28 small decoder calls. On the shared 2-core machine (load ~10) two spinning OpenMP
+    threads made them take 92 s under pytest, one thread 24 s (a script with OMP_WAIT_POLICY=PASSIVE: 8 s)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_rows_carry_the_ellipse_baseline_and_noc90(ft, one_thread):
     ft.reset()
     rows = evaluate_weights(ft.backend, ft.backend.tool, ft.val, modes=["all", "newest"], clicks=2, noc_max=4,
                             seed=3, progress=False)
