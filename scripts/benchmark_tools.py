@@ -369,7 +369,7 @@ def parity_studies(tmp: Path) -> list[tuple[str, str, Path, Path]]:
     subprocess.run(cmd, check=True, capture_output=True)
     studies = tmp / "sd" / "studies"
     out = []
-    for img in sorted(studies.glob("*.nii.gz")):
+    for img in sorted([*studies.glob("*.nii.gz"), *studies.glob("*.nrrd")]):
         name = img.name.split(".")[0]
         lab = next((p for p in (studies / "labels" / "final" / img.name, tmp / "sd" / "groundtruth" / img.name)
                     if p.is_file()), None)
@@ -561,7 +561,8 @@ def server_runtimes(args, cache: Path) -> dict:
     return out
 
 
-def render_runtimes(env: dict, speed, export_s, emb, parity, parity_sources, sam2, server, cmd: str) -> str:
+def render_runtimes(env: dict, speed, export_s, emb, parity, parity_sources, sam2, server, cmd: str,
+                    slices_per_label: int = 2) -> str:
     med = statistics.median
     lines = ["# Image encoder at inference-runtime speed (issue 15)", "",
              f"Measured by `{cmd}` on {time.strftime('%Y-%m-%d')}: {env['cpu']}, {env['cores']} cores shared with "
@@ -589,7 +590,8 @@ def render_runtimes(env: dict, speed, export_s, emb, parity, parity_sources, sam
     for r in emb[1:]:
         lines.append(f"| {r['variant']} | {r['max_abs_random']:.1e} | {r['max_abs_slice']:.1e} |")
     lines += ["", "### Mask parity on sample slices", "",
-              "Per study and label, the 2 axial slices with the largest area of the label; prompts: the label's "
+              f"Per study and label, the {slices_per_label} axial slice(s) with the largest area of the label; "
+              "prompts: the label's "
               "tight box, and the box + a positive click at its interior-most pixel. Dice vs torch = agreement of "
               "the masks with torch eager's; |ΔDice vs GT| = largest change of a mask's Dice with the ground "
               "truth against torch's on the same prompt. Studies: " + "; ".join(parity_sources) + ".", "",
@@ -677,7 +679,7 @@ def encoder_runtimes_report(args) -> None:
         cmd += " --skip-server"
     out = Path(args.results)
     out.parent.mkdir(parents=True, exist_ok=True)
-    text = render_runtimes(env, speed, export_s, emb, parity, sources, sam2, server, cmd)
+    text = render_runtimes(env, speed, export_s, emb, parity, sources, sam2, server, cmd, args.slices_per_label)
     marker = "\n## Notes\n"
     old = out.read_text() if out.exists() else ""
     if marker in old:  # keep the hand-written notes below the measured tables
