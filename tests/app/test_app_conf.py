@@ -17,6 +17,8 @@ def test_defaults_and_typed_parsing():
     default = EpisodeSettings()
     assert c.episode.local_radius == default.local_radius and c.episode.max_turns == default.max_turns
     assert AppConf.parse({}).backends == ("litemedsam", "sam2", "medsam2")
+    assert AppConf.parse({}).encoder_runtime == "auto"
+    assert AppConf.parse({"encoder_runtime": "openvino"}).encoder_runtime == "openvino"
     assert AppConf.parse({}).scope == "volume" and AppConf.parse({"scope": " Slice "}).scope == "slice"
 
 
@@ -33,6 +35,7 @@ def test_defaults_and_typed_parsing():
     ({"local_radius": "-1"}, "local_radius"),
     ({"box_jitter": "0.7"}, "box_jitter"),
     ({"scope": "cube"}, "scope 'cube': use one of volume, slice"),
+    ({"encoder_runtime": "tensorrt"}, "encoder_runtime 'tensorrt': use one of"),
 ])
 def test_bad_conf_values_are_explained(conf, message):
     with pytest.raises(ValueError, match=message):
