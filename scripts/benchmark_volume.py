@@ -29,6 +29,7 @@ from lib.agent.volume_eval import (  # noqa: E402
     BASELINES,
     DEFAULT_NSD_TOLERANCE_MM,
     MODES,
+    SEED_RULES,
     evaluate_volumes,
     markdown_table,
     summarise,
@@ -48,6 +49,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--backend", default="litemedsam", choices=SCRIPT_BACKENDS)
     p.add_argument("--tool-weights", default=None, help="adapted segmenter weights (folder or file)")
     p.add_argument("--mode", default="handoff", choices=MODES)
+    p.add_argument("--seed-slice", default="largest", choices=SEED_RULES,
+                   help="seed slice: the label's largest slice, or the largest away from the volume's end slices")
     p.add_argument("--labels", default=None, help="comma-separated label names (default: every label)")
     p.add_argument("--baselines", default=",".join(BASELINES), help="comma-separated subset of " + ",".join(BASELINES))
     add_episode_args(p)
@@ -71,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     settings = episode_from_args(args, backend=args.backend)
     tool = load_backend(args.backend, args.tool_weights, threads=args.threads)
+    encoder = getattr(tool, "encoder", None)
+    if encoder is not None and hasattr(encoder, "prepare"):
+        encoder.prepare(block=True)  # the served encoder runtime from the first slice on, not torch until exported
+    encoder_info = encoder.info() if encoder is not None and hasattr(encoder, "info") else None
     if args.policy == "compact":
         from lib.agent.policies.compact import CompactPolicy
 
@@ -99,16 +106,18 @@ def main(argv: list[str] | None = None) -> int:
         res = evaluate_volumes(ds, tool, policy, split=split, labels=labels, mode=args.mode, env_config=env_config,
                                volume_config=vcfg, baselines=baselines, windowing=settings.windowing,
                                box_jitter=settings.box_jitter, seed=args.seed, nsd_tolerance_mm=args.nsd_mm,
-                               max_cases=args.max_cases, progress=show)
+                               max_cases=args.max_cases, seed_rule=args.seed_slice, progress=show)
         rows += res["rows"]
         skipped.update(res["skipped"])
     results = summarise(rows, baselines, skipped=skipped, settings={
         "mode": args.mode, "split": args.split, "dataset": str(args.dataset), "seed": args.seed,
+        "seed_rule": args.seed_slice,
         "box_jitter": settings.box_jitter, "nsd_tolerance_mm": args.nsd_mm,
         "env": {"max_turns": env_config.max_turns, "prompting": env_config.prompting.value,
                 "local_radius": env_config.local_radius},
         "volume": dict(vars(vcfg)), "policy": getattr(policy, "name", "?"), "checkpoint": args.checkpoint,
-        "backend": args.backend, "ct_window": list(settings.ct_window), "wall_s": time.perf_counter() - t0})
+        "backend": args.backend, "encoder": encoder_info, "ct_window": list(settings.ct_window),
+        "wall_s": time.perf_counter() - t0})
     print()
     print(markdown_table(results))
     print(f"\nseconds per volume {results['seconds_per_volume']:.1f}, encoder seconds of visited slices "

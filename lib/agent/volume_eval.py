@@ -56,6 +56,12 @@ from lib.tools.cache import SessionCache
 #: baselines run beside the policy (see the module docstring)
 BASELINES = ("propagation", "expert", "oracle_box")
 MODES = ("handoff", "autonomous")
+#: how the seed slice of a target is chosen: "largest" = the slice where the label is largest (the slice a user
+#: would start on); "largest_interior" = the same among slices at least ``INTERIOR_MARGIN`` slices from either end
+#: of the volume (falls back to "largest" when the label has none there): an organ cut by the field of view is
+#: largest at the cut, an end slice a user would rarely start on
+SEED_RULES = ("largest", "largest_interior")
+INTERIOR_MARGIN = 2
 #: NSD tolerance: 2 mm is about one in-plane voxel of an abdominal CT (0.7-1.5 mm) plus annotation noise,
 #: and below one slice thickness, so a missing or extra slice at an organ's end still costs NSD
 DEFAULT_NSD_TOLERANCE_MM = 2.0
@@ -116,6 +122,21 @@ def window_volume(array: np.ndarray, windowing: Windowing) -> np.ndarray:
 
 
 # -- one target ---------------------------------------------------------------------------------------------
+def seed_slice_of(gt: np.ndarray, rule: str = "largest") -> int:
+    """The seed slice k of a (K, J, I) bool ground truth under ``rule`` (``SEED_RULES``); ties: the lowest k."""
+    if rule not in SEED_RULES:
+        raise ValueError(f"seed rule must be one of {SEED_RULES}, got {rule!r}")
+    areas = np.asarray(gt, dtype=bool).reshape(gt.shape[0], -1).sum(axis=1)
+    if rule == "largest_interior":
+        inner = areas.copy()
+        inner[:INTERIOR_MARGIN] = 0
+        inner[max(gt.shape[0] - INTERIOR_MARGIN, 0):] = 0
+        if inner.any():
+            return int(np.argmax(inner))
+    return int(np.argmax(areas))
+
+
+
 def _policy_knows(policy: Policy, label: str) -> str | None:
     """Why ``policy`` cannot take ``label`` (None when it can)."""
     index = getattr(policy, "label_index", None)
@@ -177,12 +198,13 @@ def evaluate_target(tool: Tool, policy: PolicyLike, volume: np.ndarray, gt: np.n
                     volume_config: VolumeConfig | None = None, expert_config: ExpertConfig | None = None,
                     baselines: Sequence[str] = BASELINES, box_jitter: float = DEFAULT_BOX_JITTER, seed: int = 0,
                     key: Any = None, nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM,
-                    cache_bytes: int = DEFAULT_CACHE_BYTES) -> dict[str, Any]:
+                    cache_bytes: int = DEFAULT_CACHE_BYTES, seed_rule: str = "largest") -> dict[str, Any]:
     """Evaluate the policy and the baselines on one target (one label of one volume).
 
     Args:
         volume: (K, J, I) windowed float in [0, 1]; gt: (K, J, I) bool, non-empty; spacing: mm, (K, J, I).
         label: the target's name; mode: "handoff" or "autonomous" (the policy run only).
+        seed_rule: how the seed slice is chosen (``SEED_RULES``, default the label's largest slice).
         key: the volume's cache identity (default ``case_id``); the target gets a fresh cache of
             ``cache_bytes``, so its policy run starts cold.
 
@@ -203,7 +225,7 @@ def evaluate_target(tool: Tool, policy: PolicyLike, volume: np.ndarray, gt: np.n
     env_config = env_config or EnvConfig()
     volume_config = volume_config or VolumeConfig()
     areas = gt.reshape(gt.shape[0], -1).sum(axis=1)
-    k0 = int(np.argmax(areas))
+    k0 = seed_slice_of(gt, seed_rule)
     present = np.flatnonzero(areas)
     box = jittered_box(gt[k0], np.random.default_rng(episode_seed(seed, case_id, label)), box_jitter)
     cache = SessionCache(cache_bytes)
@@ -217,7 +239,7 @@ def evaluate_target(tool: Tool, policy: PolicyLike, volume: np.ndarray, gt: np.n
     main = run(policy, [box] if mode == "handoff" else [])
     row: dict[str, Any] = {"case_id": case_id, "label": label, "seed_slice": k0,
                            "gt_slices": [int(present[0]), int(present[-1])], "n_slices": int(gt.shape[0]),
-                           "handoff_box": list(box.as_tuple()), "mode": mode}
+                           "handoff_box": list(box.as_tuple()), "mode": mode, "seed_rule": seed_rule}
     row.update(volume_metrics(main.mask, gt, spacing, nsd_tolerance_mm))
     row.update(_run_row(main, k0))
     row["kept_slices"] = [int(main.kept[0]), int(main.kept[-1])] if main.kept else None
@@ -269,7 +291,7 @@ def evaluate_volumes(dataset: Dataset | str | Path, tool: Tool, policy: PolicyLi
                      windowing: Callable[[str], Windowing] = default_windowing,
                      box_jitter: float = DEFAULT_BOX_JITTER, seed: int = 0,
                      nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM, min_voxels: int = 1,
-                     max_cases: int | None = None, cache_bytes: int = DEFAULT_CACHE_BYTES,
+                     max_cases: int | None = None, cache_bytes: int = DEFAULT_CACHE_BYTES, seed_rule: str = "largest",
                      progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Evaluate ``policy`` on every 3D (case, label) target of ``split`` with the baselines (module docstring).
 
@@ -284,7 +306,8 @@ def evaluate_volumes(dataset: Dataset | str | Path, tool: Tool, policy: PolicyLi
         windowing: modality -> ``Windowing`` (default CT 40/400 HU, else per-slice percentiles).
         box_jitter / seed: the hand-off box (side fraction; base seed of ``episode_seed``).
         nsd_tolerance_mm: NSD tolerance in mm. min_voxels: smaller targets are not evaluated.
-        max_cases: evaluate only the first n cases. progress: called with each finished row.
+        max_cases: evaluate only the first n cases. seed_rule: the seed slice (``SEED_RULES``).
+        progress: called with each finished row.
 
     Returns:
         ``{"scope": "volume", "mode", "policy", "backend", "final_dice3d" (mean over targets), "final_nsd",
@@ -320,7 +343,7 @@ def evaluate_volumes(dataset: Dataset | str | Path, tool: Tool, policy: PolicyLi
                                   env_config=env_config, volume_config=volume_config, expert_config=expert_config,
                                   baselines=baselines, box_jitter=box_jitter, seed=seed,
                                   key=(case.case_id, win.key), nsd_tolerance_mm=nsd_tolerance_mm,
-                                  cache_bytes=cache_bytes)
+                                  cache_bytes=cache_bytes, seed_rule=seed_rule)
             row["modality"] = vol.modality
             row["spacing_mm"] = [float(s) for s in vol.spacing]
             rows.append(row)
@@ -328,6 +351,7 @@ def evaluate_volumes(dataset: Dataset | str | Path, tool: Tool, policy: PolicyLi
                 progress(row)
     return summarise(rows, baselines, skipped=skipped, settings={
         "mode": mode, "split": split, "dataset": str(ds.root), "seed": seed, "box_jitter": box_jitter,
+        "seed_rule": seed_rule,
         "nsd_tolerance_mm": nsd_tolerance_mm, "env": _env_dict(env_config or EnvConfig()),
         "volume": dict(vars(volume_config or VolumeConfig())),
         "policy": getattr(policy_obj, "name", None) if policy_obj is not None else "factory",

@@ -399,4 +399,4 @@ def test_a_change_of_tissue_under_the_mask_ends_a_direction():
     assert res.ends[+1] == {"slice": 5, "reason": INTENSITY} and res.kept == [0, 1, 2, 3, 4]
     assert next(s for s in res.slices if s.index == 5).intensity == pytest.approx(0.6)
     assert end_check(100, 0.9, 100, cfg, intensity_shift=0.11) == INTENSITY
-    assert end_check(100, 0.9, 100, VolumeConfig(), intensity_shift=0.5) is None  # off by default (1.0)
+    assert end_check(100, 0.9, 100, VolumeConfig(max_intensity_shift=1.0), intensity_shift=0.5) is None  # 1.0 = off

@@ -16,6 +16,7 @@ from lib.agent.volume_eval import (
     evaluate_target,
     evaluate_volumes,
     markdown_table,
+    seed_slice_of,
     volume_metrics,
     window_volume,
     write_outputs,
@@ -131,3 +132,17 @@ def test_evaluate_volumes_schema_skips_unknown_labels_and_writes_outputs(tmp_pat
     assert all(p.is_file() and p.stat().st_size > 0 for p in paths.values())
     assert json.loads(paths["json"].read_text())["scope"] == "volume"
     assert "| ball | 2 |" in markdown_table(res)
+
+
+def test_seed_slice_rules():
+    gt = np.zeros((10, 4, 4), dtype=bool)
+    gt[3:10, :2, :2] = True
+    gt[9] = True  # largest on the last slice (an organ cut by the field of view)
+    gt[5, :3, :3] = True
+    assert seed_slice_of(gt, "largest") == 9
+    assert seed_slice_of(gt, "largest_interior") == 5
+    edge_only = np.zeros((10, 4, 4), dtype=bool)
+    edge_only[9, :2, :2] = True
+    assert seed_slice_of(edge_only, "largest_interior") == 9  # nothing inside: the largest anyway
+    with pytest.raises(ValueError, match="seed rule"):
+        seed_slice_of(gt, "middle")
