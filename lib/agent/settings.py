@@ -25,20 +25,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from lib.agent.clicks import DEFAULT_BOX_JITTER
 from lib.data.intensity import DEFAULT_CT_WINDOW, Windowing
 from lib.data.slices import windowing_for
 from lib.tools.interaction import Prompting
+from lib.tools.local_merge import DEFAULT_LOCAL_RADIUS
 
 #: which prompts reach each backend per turn. LiteMedSAM: box + all clicks without logits scored best of
 #: the three modes (BENCHMARKS.md); SAM 2.1 / MedSAM2 keep their logits, as their own predictors do.
 DEFAULT_PROMPTING = {"litemedsam": "all", "sam2": "all_logits", "medsam2": "all_logits"}
-#: the served local merge radius (multiples of the mask's equivalent radius), chosen on the phantoms'
-#: training studies (BENCHMARKS.md, click merge)
-DEFAULT_LOCAL_RADIUS = 0.5
 #: executed Box/Point actions per episode: the reference MedSAM-Agent's inference cap
 DEFAULT_MAX_TURNS = 5
-#: each side of a hand-drawn box moves up to this fraction of the side length
-DEFAULT_BOX_JITTER = 0.1
 #: the keys a checkpoint records and the server compares (the ``--conf`` keys' names)
 RECORDED_KEYS = ("prompting", "local_radius", "max_turns", "ct_window")
 

@@ -50,6 +50,7 @@ from lib.agent.volume import PolicyLike, VolumeConfig, VolumeEpisode, VolumeResu
 from lib.data.dataset import Case, Dataset
 from lib.data.intensity import Windowing
 from lib.data.io import load_image
+from lib.data.slices import windowing_for
 from lib.tools.base import Tool
 from lib.tools.cache import SessionCache
 
@@ -108,13 +109,6 @@ def volume_metrics(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float],
 
 
 # -- windowing -----------------------------------------------------------------------------------------------
-def default_windowing(modality: str, ct_window: tuple[float, float] = (40.0, 400.0)) -> Windowing:
-    """CT -> the HU window ``ct_window`` (level, width); anything else -> robust per-slice percentiles."""
-    if str(modality).upper() == "CT":
-        return Windowing(mode="ct", level=float(ct_window[0]), width=float(ct_window[1]))
-    return Windowing(mode="percentile")
-
-
 def window_volume(array: np.ndarray, windowing: Windowing) -> np.ndarray:
     """(K, J, I) raw intensities -> (K, J, I) float32 in [0, 1], slice by slice (as the app windows a slice, so a
     volume episode's slice k is exactly the image a slice episode on k sees)."""
@@ -288,7 +282,7 @@ def evaluate_volumes(dataset: Dataset | str | Path, tool: Tool, policy: PolicyLi
                      labels: Iterable[int | str] | None = None, mode: str = "handoff",
                      env_config: EnvConfig | None = None, volume_config: VolumeConfig | None = None,
                      expert_config: ExpertConfig | None = None, baselines: Sequence[str] = BASELINES,
-                     windowing: Callable[[str], Windowing] = default_windowing,
+                     windowing: Callable[[str], Windowing] = windowing_for,
                      box_jitter: float = DEFAULT_BOX_JITTER, seed: int = 0,
                      nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM, min_voxels: int = 1,
                      max_cases: int | None = None, cache_bytes: int = DEFAULT_CACHE_BYTES, seed_rule: str = "largest",
