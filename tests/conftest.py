@@ -23,6 +23,22 @@ def build_sample_data(out: Path, *args: str) -> Path:
 
 
 @pytest.fixture(scope="session")
+def real_only_studies():
+    """``real_only_studies(root) -> studies``: a private datastore of the real CT (labelled) and MR (unlabelled)
+    only, as ``make_sample_studies.py --real`` builds it with no phantoms. Skips the calling test, saying what to
+    run, when the real samples are not cached."""
+    from lib.data import real_samples
+
+    def build(root: Path) -> Path:
+        if not real_samples.is_cached():
+            pytest.skip(real_samples.unavailable_message())
+        build_sample_data(root / "data", "--n-ct", "0", "--n-mr", "0", "--n-2d", "0", "--real")
+        return root / "data" / "studies"
+
+    return build
+
+
+@pytest.fixture(scope="session")
 def sample_data(tmp_path_factory) -> Path:
     """A small private copy of the sample studies (tests may modify it; the repo's copy stays clean)."""
     return build_sample_data(tmp_path_factory.mktemp("sample-data"), "--n-ct", "3", "--n-mr", "1", "--n-2d", "2")

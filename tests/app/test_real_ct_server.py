@@ -8,16 +8,12 @@ this test never downloads anything itself."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from monailabel.client import MONAILabelClient
-from serverproc import ROOT, Server
+from serverproc import Server
 from test_interactive_server import dice, ijk, organ_prompt
-
-from lib.data import real_samples as rs
 
 pytestmark = pytest.mark.server
 
@@ -33,14 +29,9 @@ DIRECT_FLOOR = 0.93
 
 
 @pytest.fixture(scope="module")
-def real_server(tmp_path_factory):
-    if not rs.is_cached():
-        pytest.skip(rs.unavailable_message())
+def real_server(tmp_path_factory, real_only_studies):
     root = tmp_path_factory.mktemp("real-ct-app")
-    # only the real studies (no phantoms): the datastore make_sample_studies.py --real builds, nothing else
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "make_sample_studies.py"), "--out", str(root / "data"),
-                    "--n-ct", "0", "--n-mr", "0", "--n-2d", "0", "--real"], check=True, capture_output=True, text=True)
-    studies = root / "data" / "studies"
+    studies = real_only_studies(root)
     srv = Server(studies, conf={"demo_policy": "true", "policy_dir": str(root / "policy")}).wait()
     yield srv
     srv.stop()

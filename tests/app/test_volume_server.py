@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,10 +21,8 @@ import numpy as np
 import pytest
 import requests
 from monailabel.client import MONAILabelClient
-from serverproc import ROOT, Server
+from serverproc import Server
 from test_interactive_server import dice, ijk, organ_prompt
-
-from lib.data import real_samples as rs
 
 pytestmark = pytest.mark.server
 
@@ -42,14 +38,9 @@ SLICE_FLOOR = 0.90
 
 
 @pytest.fixture(scope="module")
-def volume_server(tmp_path_factory):
-    if not rs.is_cached():
-        pytest.skip(rs.unavailable_message())
+def volume_server(tmp_path_factory, real_only_studies):
     root = tmp_path_factory.mktemp("volume-app")
-    # only the real studies (no phantoms): the datastore make_sample_studies.py --real builds, nothing else
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "make_sample_studies.py"), "--out", str(root / "data"),
-                    "--n-ct", "0", "--n-mr", "0", "--n-2d", "0", "--real"], check=True, capture_output=True, text=True)
-    studies = root / "data" / "studies"
+    studies = real_only_studies(root)
     # a thread pool for infers, so concurrent requests really overlap inside the server; one torch thread: on a
     # shared 2-core machine torch's two intra-op threads spin against other jobs (measured in-process on this CT, a
     # volume request on cached embeddings took 129 s with 2 threads, 23 s with 1)

@@ -87,7 +87,7 @@ def test_scripted_episode_history_images_and_retries(scene, fake_tool):
     last = policy.prompts[-1]
     users = [m for m in last if m["role"] == "user"]
     assert [u["content"][1]["text"] for u in users] == [user_text("disk", 0), FOLLOWUP_TURN, FOLLOWUP_TURN]
-    # every turn keeps the image it was asked with: plain, then the mask after each action (a bug of the released MedSAM-Agent inference)
+    # every turn keeps the image it was asked with: plain, then the mask after each action (a released-code bug)
     expected = [model_image(image, None), model_image(image, masks[0]), model_image(image, masks[1])]
     for u, exp in zip(users, expected, strict=True):
         assert np.array_equal(np.asarray(u["content"][0]["image"]), np.asarray(exp))
