@@ -64,7 +64,8 @@ MODES = ("handoff", "autonomous")
 SEED_RULES = ("largest", "largest_interior")
 INTERIOR_MARGIN = 2
 #: NSD tolerance: 2 mm is about one in-plane voxel of an abdominal CT (0.7-1.5 mm) plus annotation noise,
-#: and below one slice thickness, so a missing or extra slice at an organ's end still costs NSD
+#: and below one slice thickness, so a missing or extra slice at an organ's end still costs NSD (on 3 mm
+#: isotropic scans it is stricter than one voxel: any boundary voxel off by one fails it)
 DEFAULT_NSD_TOLERANCE_MM = 2.0
 #: embedding bytes kept per target: every slice a run may visit must stay cached until the last run of the
 #: target, or a baseline would encode it again (a 200-slice organ span of LiteMedSAM = 800 MiB)
@@ -307,7 +308,9 @@ def evaluate_volumes(dataset: Dataset | str | Path, tool: Tool, policy: PolicyLi
         ``{"scope": "volume", "mode", "policy", "backend", "final_dice3d" (mean over targets), "final_nsd",
         "per_label": {name: {"dice3d", "nsd", "actions", "seconds", "n", ...}}, "baselines": {name:
         {"final_dice3d", "final_nsd", "per_label": {...}}}, "seconds_per_volume", "encoder_s_per_volume",
-        "time_ratio" (policy seconds / encoder seconds of its visited slices, summed over targets),
+        "time_ratio" (policy seconds / encoder seconds of its visited slices, summed over targets; with prefetch
+        the encoder seconds are measured while decoder and policy run beside them, which slows both, so compare
+        against a serial run's encoder seconds for the true overhead),
         "encoder_calls_per_volume", "actions_per_volume", "skipped": {label: reason}, "settings": {...},
         "rows": [one per target]}``.
     """
