@@ -93,11 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from lib.data.dataset import Dataset
-    from lib.learning.embedding_cache import EmbeddingCache
-    from lib.learning.tool_backends import make_backend
-    from lib.learning.tool_curves import plot_dice_per_click
-    from lib.learning.tool_data import build_slice_set
-    from lib.learning.tool_eval import evaluate_weights, per_label_subset, summarize
+    from lib.learning.segmenter.backends import make_backend
+    from lib.learning.segmenter.curves import plot_dice_per_click
+    from lib.learning.segmenter.data import build_slice_set
+    from lib.learning.segmenter.embedding_cache import EmbeddingCache
+    from lib.learning.segmenter.eval import evaluate_weights, per_label_subset, summarize
     from lib.tools.bundle import load_tool
     from lib.tools.registry import bundle_dir
 

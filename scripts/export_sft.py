@@ -34,7 +34,7 @@ from lib.agent.trajectories import Trajectory, read_jsonl  # noqa: E402
 from lib.agent.vlm_image import MODEL_IMAGE_SIZE, OVERLAY_ALPHA  # noqa: E402
 from lib.agent.vlm_prompt import HISTORY_TURNS  # noqa: E402
 from lib.data.dataset import Dataset, iter_slices  # noqa: E402
-from lib.learning.vlm_sft import ExportConfig, export_sft, validate_sharegpt  # noqa: E402
+from lib.learning.vlm.sft import ExportConfig, export_sft, validate_sharegpt  # noqa: E402
 
 
 def matched_episodes(trajectories: list[Trajectory], dataset: Dataset, split: str,

@@ -4,11 +4,11 @@
     python scripts/export_verl.py --dataset sample-data/studies --out runs/verl/train.parquet \\
         [--split training] [--axis 0] [--labels liver,spleen] [--min-area 20] [--max-slices-per-case N]
 
-Columns and reward: ``lib.learning.verl_export`` (``data_source``, ``prompt``, ``images``, ``reward_model``,
+Columns and reward: ``lib.learning.policy.verl_export`` (``data_source``, ``prompt``, ``images``, ``reward_model``,
 ``extra_info``, ``ability``, ``agent_name``). In the verl config::
 
     data.train_files=runs/verl/train.parquet
-    custom_reward_function.path=lib/learning/verl_export.py custom_reward_function.name=compute_score
+    custom_reward_function.path=lib/learning/policy/verl_export.py custom_reward_function.name=compute_score
 
 (run verl from this repository's root, or put it on PYTHONPATH, so ``lib`` imports).
 """
@@ -25,7 +25,7 @@ import argparse  # noqa: E402
 from lib.agent.rollout import window_slice  # noqa: E402
 from lib.agent.settings import add_episode_args, episode_from_args  # noqa: E402
 from lib.data.dataset import Dataset, iter_slices  # noqa: E402
-from lib.learning.verl_export import rl_rows, write_parquet  # noqa: E402
+from lib.learning.policy.verl_export import rl_rows, write_parquet  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

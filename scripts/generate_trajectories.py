@@ -7,7 +7,7 @@
 
 Every (case, slice, label) of the split whose label covers >= ``--min-area`` pixels (2D images, or 2D
 slices of 3D volumes along ``--axis``) becomes one episode of ``ExpertPolicy`` in ``SegmentationEnv``, played by
-``lib.learning.agent_data.expert_episodes`` (the same per-target code the ``agent_sft`` task runs, with
+``lib.learning.policy.data.expert_episodes`` (the same per-target code the ``agent_sft`` task runs, with
 ``TrajectoryConfig``'s expert defaults and the served ``EpisodeSettings`` unless flags override them); kept
 trajectories are appended to ``--out`` as they finish, one JSON line each.
 
@@ -50,7 +50,7 @@ from lib.agent.rollout import SCRIPT_BACKENDS, load_backend, tool_name, window_s
 from lib.agent.settings import add_episode_args, episode_from_args  # noqa: E402
 from lib.agent.trajectories import Trajectory, read_keys, repair_tail, write_jsonl  # noqa: E402
 from lib.data.dataset import Dataset, SliceSample, iter_slices  # noqa: E402
-from lib.learning.agent_data import TrajectoryConfig, expert_episodes  # noqa: E402
+from lib.learning.policy.data import TrajectoryConfig, expert_episodes  # noqa: E402
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 export PYTHONUTF8=1
 # glibc malloc: serve the models' large temporaries from the heap and keep freed memory (up to 1 GiB)
 # instead of mmap-ing and page-faulting them in on every call. Measured side by side (BENCHMARKS.md,
-# issue 2, scripts/benchmark_malloc.py): LiteMedSAM's encoder 1.65x faster, peak RSS +35-220 MB.
+# issue 2, benchmarks/benchmark_malloc.py): LiteMedSAM's encoder 1.65x faster, peak RSS +35-220 MB.
 # Read at process start, so it only reaches processes started from this shell; set
 # MEDSAM_AGENT_MALLOC_TUNING=0 to keep glibc's defaults.
 MALLOC_TUNING="glibc.malloc.mmap_threshold=268435456:glibc.malloc.trim_threshold=1073741824"

@@ -6,7 +6,7 @@ labelled studies with seed 0 and the real LiteMedSAM weights::
 
     python scripts/train_demo_policy.py [--work runs/demo] [--out demo/agent_policy]
 
-runs the ``data``, ``trajectories``, ``sft`` and ``rl`` stages of ``scripts/benchmark.py`` with its defaults
+runs the ``data``, ``trajectories``, ``sft`` and ``rl`` stages of ``benchmarks/benchmark.py`` with its defaults
 (prompting ``all`` + local merge 0.5, as the app serves the agent; about 65 min on 2 cores: expert trajectories 35,
 SFT 14, GRPO 15), then copies the GRPO checkpoint to ``--out`` with
 ``provenance.json`` (command, commit, data, seeds, the SFT/GRPO validation metrics). ``./scripts/serve.sh``
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         import subprocess
 
         # the benchmark's own command line (a process, not an import: scripts do not import each other)
-        rc = subprocess.call([sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--work", str(args.work),
+        rc = subprocess.call([sys.executable, str(ROOT / "benchmarks" / "benchmark.py"), "--work", str(args.work),
                               "--stages", "data,trajectories,sft,rl", "--seed", "0", *rest])
         if rc:
             return rc

@@ -52,8 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     from lib.agent.settings import episode_from_args
     from lib.data.dataset import Dataset
     from lib.learning.checkpoint import publish
+    from lib.learning.policy.rl import RLConfig, train_grpo
     from lib.learning.recipe import load_recipe, to_dict
-    from lib.learning.rl import RLConfig, train_grpo
 
     recipe = args.config or (Path(__file__).resolve().parents[1] / "configs" / "rl.yaml")
     cfg = load_recipe(RLConfig, recipe, steps=args.steps, max_minutes=args.max_minutes, seed=args.seed,

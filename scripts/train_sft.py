@@ -55,10 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     from lib.agent.settings import episode_from_args
     from lib.agent.trajectories import read_jsonl, write_jsonl
     from lib.data.dataset import Dataset
-    from lib.learning.agent_data import expert_trajectories
     from lib.learning.checkpoint import publish
+    from lib.learning.policy.data import expert_trajectories
+    from lib.learning.policy.sft import SFTConfig, train_sft
     from lib.learning.recipe import load_recipe, to_dict
-    from lib.learning.sft import SFTConfig, train_sft
 
     recipe = args.config or (Path(__file__).resolve().parents[1] / "configs" / "sft.yaml")
     cfg = load_recipe(SFTConfig, recipe, steps=args.steps, max_minutes=args.max_minutes, seed=args.seed)

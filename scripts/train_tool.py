@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from lib.data.dataset import Dataset
-    from lib.learning.tool_finetune import ToolFinetuneConfig, finetune
+    from lib.learning.segmenter.finetune import ToolFinetuneConfig, finetune
 
     cfg = ToolFinetuneConfig.from_yaml(
         args.config, backend=args.backend, steps=args.steps, seed=args.seed, lr=args.lr, batch_size=args.batch_size,

@@ -1,11 +1,11 @@
 #!/usr/bin/env python
-"""Multi-turn GRPO of the VLM policy in our environment with our reward (TRL GRPOTrainer, see lib.learning.vlm_grpo).
+"""Multi-turn GRPO of the VLM policy in our environment with our reward (TRL GRPOTrainer, see lib.learning.vlm.grpo).
 
     python scripts/train_vlm_grpo.py --config configs/vlm_grpo.yaml [--model_path DIR --source_dataset DIR ...]
     accelerate launch --config_file configs/accelerate/multi_gpu.yaml \\
         scripts/train_vlm_grpo.py --config configs/vlm_grpo.yaml
 
-The YAML fills ``lib.learning.vlm_grpo.VLMGRPOArguments`` and ``trl.GRPOConfig``. Start states: the RL-rows dataset
+The YAML fills ``lib.learning.vlm.grpo.VLMGRPOArguments`` and ``trl.GRPOConfig``. Start states: the RL-rows dataset
 at ``dataset_path``; when it does not exist and ``source_dataset`` names an MSD-style folder, the rows are built
 from it first (main process; the others wait) with the same windowing as trajectory generation.
 """
@@ -22,7 +22,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # local checkpoints only; never re
 from accelerate import PartialState  # noqa: E402
 from trl import GRPOConfig, TrlParser  # noqa: E402
 
-from lib.learning.vlm_grpo import VLMGRPOArguments, build_grpo_trainer, rl_dataset, rl_row  # noqa: E402
+from lib.learning.vlm.grpo import VLMGRPOArguments, build_grpo_trainer, rl_dataset, rl_row  # noqa: E402
 
 
 def build_rows(args: VLMGRPOArguments) -> None:

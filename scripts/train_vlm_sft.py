@@ -5,7 +5,7 @@
     accelerate launch --config_file configs/accelerate/multi_gpu.yaml \\
         scripts/train_vlm_sft.py --config configs/vlm_sft.yaml
 
-The YAML fills ``lib.learning.vlm_sft.VLMSFTArguments`` and ``trl.SFTConfig`` (``trl.TrlParser``); any key can be
+The YAML fills ``lib.learning.vlm.sft.VLMSFTArguments`` and ``trl.SFTConfig`` (``trl.TrlParser``); any key can be
 overridden as ``--key value``. Data: ``<out>/hf`` of ``scripts/export_sft.py``. Output: the adapter (or model) in
 ``output_dir`` and, with ``save_merged``, a plain checkpoint in ``output_dir/merged`` for inference and GRPO.
 Models load from local folders only.
@@ -22,7 +22,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # local checkpoints only; never re
 
 from trl import SFTConfig, TrlParser  # noqa: E402
 
-from lib.learning.vlm_sft import VLMSFTArguments, build_sft_trainer, save_merged  # noqa: E402
+from lib.learning.vlm.sft import VLMSFTArguments, build_sft_trainer, save_merged  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -58,16 +58,24 @@ def test_serving_code_never_imports_the_training_code(ring):
 
 def test_the_training_import_check_detects_a_violation(tmp_path):
     bad = tmp_path / "bad.py"
-    bad.write_text("def f():\n    from lib.learning.sft import train_sft\n")
-    assert "lib.learning.sft" in imported_modules(bad)
+    bad.write_text("def f():\n    from lib.learning.policy.sft import train_sft\n")
+    assert "lib.learning.policy.sft" in imported_modules(bad)
 
 
-def test_no_script_imports_another():
-    """Scripts are thin command lines over lib/: shared logic lives in lib, never in a script another imports."""
-    scripts = {p.stem for p in (ROOT / "scripts").glob("*.py")}
+COMMAND_FOLDERS = ["scripts", "benchmarks"]
+
+
+@pytest.mark.parametrize("folder", COMMAND_FOLDERS)
+def test_no_script_imports_another(folder):
+    """Scripts and benchmarks are thin command lines over lib/: shared logic lives in lib, never in a script or a
+    benchmark that another imports (a benchmark runs a user CLI as a process, if at all)."""
+    commands = {p.stem for d in COMMAND_FOLDERS for p in (ROOT / d).glob("*.py")}
     helpers = {"serverproc"}  # the server process helper shared by tests and benchmarks (no CLI logic)
-    for f in sorted((ROOT / "scripts").glob("*.py")):
+    files = sorted((ROOT / folder).glob("*.py"))
+    assert files, f"{folder} has no command lines"
+    for f in files:
         text = f.read_text(encoding="utf-8")
         mods = {m.split(".")[0] for m in imported_modules(f)}
-        assert not (mods & (scripts - helpers)), f"{f.name} imports {sorted(mods & scripts)}"
+        assert not (mods & (commands - helpers)), f"{f.name} imports {sorted(mods & commands)}"
+        assert not any(m in {"scripts", "benchmarks"} for m in mods), f"{f.name} imports a command folder"
         assert "spec_from_file_location" not in text, f"{f.name} loads another script by path"

@@ -23,13 +23,13 @@ SERVED = EpisodeSettings()
 
 
 def test_sft_recipe_trains_as_served():
-    from lib.learning.sft import SFTConfig
+    from lib.learning.policy.sft import SFTConfig
 
     assert load_recipe(SFTConfig, ROOT / "configs" / "sft.yaml").data.episode == SERVED
 
 
 def test_rl_recipe_trains_as_served():
-    from lib.learning.rl import RLConfig
+    from lib.learning.policy.rl import RLConfig
 
     assert load_recipe(RLConfig, ROOT / "configs" / "rl.yaml").episode == SERVED
 
@@ -37,7 +37,7 @@ def test_rl_recipe_trains_as_served():
 def test_vlm_grpo_recipe_trains_as_served():
     from trl import GRPOConfig, TrlParser
 
-    from lib.learning.vlm_grpo import VLMGRPOArguments
+    from lib.learning.vlm.grpo import VLMGRPOArguments
 
     args, _ = TrlParser((VLMGRPOArguments, GRPOConfig)).parse_args_and_config(
         args=["--config", str(ROOT / "configs" / "vlm_grpo.yaml"), "--use_cpu", "true", "--bf16", "false"])
@@ -49,7 +49,7 @@ def test_vlm_grpo_recipe_trains_as_served():
     json.loads((ROOT / "bundles" / "litemedsam" / "configs" / "train.json").read_text()),
 ], ids=["tool_finetune.yaml", "litemedsam train.json"])
 def test_segmenter_recipes_train_as_served(values):
-    from lib.learning.tool_finetune_config import ToolFinetuneConfig
+    from lib.learning.segmenter.config import ToolFinetuneConfig
 
     default = ToolFinetuneConfig()
     assert default.episode_record() == {"prompting": SERVED.prompting_for("litemedsam").value,
@@ -60,7 +60,7 @@ def test_segmenter_recipes_train_as_served(values):
 
 
 def test_a_changed_recipe_value_is_caught(tmp_path):
-    from lib.learning.rl import RLConfig
+    from lib.learning.policy.rl import RLConfig
 
     text = (ROOT / "configs" / "rl.yaml").read_text().replace("local_radius: 0.5", "local_radius: 0.0")
     (tmp_path / "rl.yaml").write_text(text)
@@ -104,9 +104,9 @@ def test_the_app_serves_and_trains_with_one_settings_object(app):
 
 def test_in_server_trainers_pass_the_served_settings(app, monkeypatch, tmp_path, sample_data):
     """agent_sft / agent_rl hand the served settings to the learning code (captured, not trained)."""
-    import lib.learning.agent_data as agent_data
-    import lib.learning.rl as rl
-    import lib.learning.sft as sft
+    import lib.learning.policy.data as agent_data
+    import lib.learning.policy.rl as rl
+    import lib.learning.policy.sft as sft
     from lib.data.dataset import Dataset
 
     seen = {}

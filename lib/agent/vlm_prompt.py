@@ -1,9 +1,9 @@
 """The MedSAM-Agent conversation: system prompt, user turns and history, for inference AND training.
 
 Every consumer renders the conversation from here, so the prompt the policy is trained on cannot drift
-from the prompt it is run with: ``lib.agent.policies.vlm`` (inference), ``lib.learning.vlm_sft`` (SFT export:
-LLaMA-Factory ShareGPT and the TRL dataset), ``lib.learning.vlm_grpo`` (RL rollouts) and
-``lib.learning.verl_export``.
+from the prompt it is run with: ``lib.agent.policies.vlm`` (inference), ``lib.learning.vlm.sft`` (SFT export:
+LLaMA-Factory ShareGPT and the TRL dataset), ``lib.learning.vlm.grpo`` (RL rollouts) and
+``lib.learning.policy.verl_export``.
 
 Texts (as in the released MedSAM-Agent code):
 

@@ -426,7 +426,7 @@ def write_adaptation_dataset(out: str | Path, train: str, test: str, n_slabs: in
                                                                   ``n_slabs`` contiguous slabs
         out/imagesTs/<test>.nii.gz + out/labelsTs/...             "test": the whole ``test`` study
 
-    Fine-tuning (``lib.learning.tool_finetune``) splits by case and needs at least two; the slabs make one
+    Fine-tuning (``lib.learning.segmenter.finetune``) splits by case and needs at least two; the slabs make one
     study several cases, so one slab validates (early stopping) while the others train, and no slice of the
     test study is ever seen. Slabs keep their physical position (origin of their first slice). ``labels``
     lists the values present in either study. Returns ``out``.

@@ -117,7 +117,7 @@ class LiteMedSAMTool(Tool):
         self.weights = f"released LiteMedSAM ({path.name}, sha256 {expected[:12] if expected else 'unchecked'})"
         self.adapted_info: dict | None = None
         # the exported encoder is keyed by the checkpoint's SHA-256: adapted weights share it, since
-        # fine-tuning trains the prompt encoder and mask decoder only (lib.learning.tool_backends)
+        # fine-tuning trains the prompt encoder and mask decoder only (lib.learning.segmenter.backends)
         # (verified above when ``verify``; otherwise hashed, so a swapped file never reuses another's export)
         encoder_sha = (expected if verify and expected else _sha256(path)) if encoder_runtime != "torch" else None
         if adapted and Path(adapted).is_file():

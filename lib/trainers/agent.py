@@ -146,11 +146,11 @@ class AgentSFTTask(AgentTrainTask):
     name = "agent_sft"
 
     def config(self) -> dict[str, Any]:
-        return {**super().config(), "steps": _default_steps("lib.learning.sft", "SFTConfig")}
+        return {**super().config(), "steps": _default_steps("lib.learning.policy.sft", "SFTConfig")}
 
     def train(self, req, dataset, out, progress):
-        from lib.learning.agent_data import TrajectoryConfig, expert_trajectories
-        from lib.learning.sft import SFTConfig, train_sft
+        from lib.learning.policy.data import TrajectoryConfig, expert_trajectories
+        from lib.learning.policy.sft import SFTConfig, train_sft
 
         samples = self.samples(req, dataset)
         data = TrajectoryConfig(episode=self.settings, seed=int(req["seed"]))
@@ -171,10 +171,10 @@ class AgentRLTask(AgentTrainTask):
     name = "agent_rl"
 
     def config(self) -> dict[str, Any]:
-        return {**super().config(), "steps": _default_steps("lib.learning.rl", "RLConfig")}
+        return {**super().config(), "steps": _default_steps("lib.learning.policy.rl", "RLConfig")}
 
     def train(self, req, dataset, out, progress):
-        from lib.learning.rl import RLConfig, train_grpo
+        from lib.learning.policy.rl import RLConfig, train_grpo
 
         if not (self.policy_dir / "policy.json").is_file():
             raise HTTPException(status_code=422, detail="agent_rl starts from the SFT policy: run agent_sft first")

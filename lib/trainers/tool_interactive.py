@@ -3,7 +3,7 @@
 A direct ``TrainTask`` subclass. MONAI Label runs ``/train/<name>`` in a subprocess that rebuilds the app
 from its conf, so everything comes from the constructor arguments and the bundle's ``configs/train.json``
 (parsed with ``monai.bundle.ConfigParser``; the request may override ``steps``, ``lr``, ``max_clicks``,
-``val_split``, ``seed``). The run trains with ``lib.learning.tool_finetune.finetune``, writes its curves
+``val_split``, ``seed``). The run trains with ``lib.learning.segmenter.finetune.finetune``, writes its curves
 and history to ``<bundle>/models/train_runs/<time>/`` and publishes ``adapted.pt`` + ``adapted.json``
 atomically into ``<bundle>/models/``; the server's ``ToolProvider`` sees the new ``.pt`` mtime and the next
 interactive request decodes with the adapted weights, no restart. A run that raises publishes nothing,
@@ -118,7 +118,7 @@ class ToolInteractiveTrain(TrainTask):
         os.replace(tmp, self.stats_path)
 
     def __call__(self, request: dict[str, Any], datastore) -> dict[str, Any]:
-        from lib.learning.tool_finetune import finetune
+        from lib.learning.segmenter.finetune import finetune
 
         cases = datastore_cases(datastore)
         parser = self._parser(request)

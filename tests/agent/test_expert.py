@@ -182,7 +182,7 @@ def test_ellipse_mask_is_the_inscribed_ellipse():
 
 
 def test_hybrid_episode_equals_the_fixed_strategy_episode_it_draws():
-    """scripts/benchmark_expert.py assembles hybrid results from the two fixed strategies; this keeps it exact."""
+    """benchmarks/benchmark_expert.py assembles hybrid results from the two fixed strategies; this keeps it exact."""
     img, gt = _scene()
     env = SegmentationEnv(FakeTool(), EnvConfig(prompting="all"))
     opts = {"image": img, "gt": gt, "target": "blob"}

@@ -70,9 +70,9 @@ class FineTuneFixture:
 @pytest.fixture(scope="session")
 def ft(tmp_path_factory) -> FineTuneFixture:
     from lib.data.dataset import Dataset
-    from lib.learning.embedding_cache import EmbeddingCache
-    from lib.learning.tool_backends import LiteMedSAMBackend
-    from lib.learning.tool_data import build_slice_set
+    from lib.learning.segmenter.backends import LiteMedSAMBackend
+    from lib.learning.segmenter.data import build_slice_set
+    from lib.learning.segmenter.embedding_cache import EmbeddingCache
 
     torch.manual_seed(0)
     base = tmp_path_factory.mktemp("tool_ft")

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from lib.agent.clicks import jittered_box
-from lib.learning import adapted_weights
-from lib.learning.adapted_weights import load_adapted, publish_adapted
-from lib.learning.embedding_cache import CachedEmbedding
+from lib.learning.segmenter import adapted_weights
+from lib.learning.segmenter.adapted_weights import load_adapted, publish_adapted
+from lib.learning.segmenter.embedding_cache import CachedEmbedding
 
 
 def test_publish_writes_a_pair_and_rejects_non_tensors(tmp_path):
@@ -40,7 +40,7 @@ def test_failed_publish_leaves_the_old_pair(tmp_path, monkeypatch):
 
 def test_training_that_raises_publishes_nothing(ft, tmp_path, monkeypatch):
     from lib.data.dataset import Dataset
-    from lib.learning import tool_finetune
+    from lib.learning.segmenter import finetune as tool_finetune
 
     publish_adapted({"a.w": torch.ones(2)}, {"v": "old"}, tmp_path / "models")
     before = (tmp_path / "models" / "adapted.pt").stat().st_mtime_ns

@@ -9,7 +9,7 @@ import torch
 from lib.agent.actions import Point
 from lib.agent.clicks import corrective_click, jittered_box, not_clicked_map
 from lib.agent.metrics import dice
-from lib.learning.click_sessions import (
+from lib.learning.segmenter.click_sessions import (
     ClickTarget,
     LiveSession,
     SessionPlan,
@@ -18,7 +18,7 @@ from lib.learning.click_sessions import (
     run_sessions,
     segmentation_loss,
 )
-from lib.learning.embedding_cache import CachedEmbedding
+from lib.learning.segmenter.embedding_cache import CachedEmbedding
 from lib.tools.interaction import Interaction, Prompting
 
 

@@ -6,7 +6,7 @@ import dataclasses
 
 import torch
 
-from lib.learning.embedding_cache import CachedEmbedding, EmbeddingCache, EmbeddingKey, file_identity
+from lib.learning.segmenter.embedding_cache import CachedEmbedding, EmbeddingCache, EmbeddingKey, file_identity
 
 KEY = EmbeddingKey(image="abc", slice_index=3, axis=0, windowing="ct:40/400", backend="litemedsam", encoder="e1")
 

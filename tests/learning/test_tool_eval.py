@@ -1,4 +1,4 @@
-"""lib.learning.tool_eval with the real LiteMedSAM weights on the tiny cached slices of ``ft``: the ellipse-in-box
+"""lib.learning.segmenter.eval with the real LiteMedSAM weights on the tiny cached slices of ``ft``: the ellipse-in-box
 baseline and NoC@90 beside the Dice-per-click curve (the columns scripts/evaluate_tool.py reports)."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import torch
 from lib.agent.clicks import jittered_box
 from lib.agent.metrics import dice
 from lib.agent.policies.ellipse import ellipse_mask
-from lib.learning.click_sessions import ClickTarget
-from lib.learning.tool_data import SliceSet
-from lib.learning.tool_eval import evaluate_weights, per_label_subset, summarize
+from lib.learning.segmenter.click_sessions import ClickTarget
+from lib.learning.segmenter.data import SliceSet
+from lib.learning.segmenter.eval import evaluate_weights, per_label_subset, summarize
 
 
 @pytest.fixture

@@ -12,9 +12,9 @@ import torch
 
 from lib.agent.clicks import jittered_box
 from lib.data.dataset import Dataset
-from lib.learning.click_sessions import SessionPlan, run_sessions
-from lib.learning.tool_backends import make_backend
-from lib.learning.tool_finetune import ToolFinetuneConfig, finetune
+from lib.learning.segmenter.backends import make_backend
+from lib.learning.segmenter.click_sessions import SessionPlan, run_sessions
+from lib.learning.segmenter.finetune import ToolFinetuneConfig, finetune
 from lib.tools.interaction import Prompting
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -79,7 +79,7 @@ def test_finetune_reuses_the_cache_writes_outputs_and_publishes(ft, tmp_path):
 
 def test_live_session_training_trains_every_step(ft, monkeypatch):
     """live_sessions: each step advances one session in flight by one decoder call, with gradients."""
-    from lib.learning import tool_finetune
+    from lib.learning.segmenter import finetune as tool_finetune
 
     ft.reset()
     calls = []

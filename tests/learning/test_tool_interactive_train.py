@@ -10,7 +10,7 @@ import pytest
 import torch
 from fastapi import HTTPException
 
-from lib.learning.adapted_weights import publish_adapted
+from lib.learning.segmenter.adapted_weights import publish_adapted
 from lib.trainers.tool_interactive import ToolInteractiveTrain
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -82,7 +82,7 @@ def test_run_publishes_and_reports_stats(bundle, ft):
 
 
 def test_failed_run_keeps_the_served_weights(bundle, ft, monkeypatch):
-    import lib.learning.tool_finetune as tf
+    import lib.learning.segmenter.finetune as tf
 
     publish_adapted({"mask_decoder.x": torch.ones(1)}, {"v": "old"}, bundle / "models")
     old = (bundle / "models" / "adapted.pt").read_bytes()

@@ -15,7 +15,7 @@ from lib.agent.policies.compact_dist import log_prob
 from lib.agent.rollout import sample_options, window_slice
 from lib.agent.settings import EpisodeSettings
 from lib.data.dataset import SliceSample
-from lib.learning.rl import RLConfig, expected_reward, grpo_update, train_grpo
+from lib.learning.policy.rl import RLConfig, expected_reward, grpo_update, train_grpo
 from lib.tools.fake import FakeTool
 
 from .conftest import TINY, disk

@@ -9,9 +9,9 @@ import pytest
 from lib.agent.policies.compact import CompactPolicy
 from lib.agent.settings import EpisodeSettings
 from lib.agent.trajectories import read_jsonl, write_jsonl
-from lib.learning.agent_data import TrajectoryConfig, expert_trajectories
+from lib.learning.policy.data import TrajectoryConfig, expert_trajectories
+from lib.learning.policy.sft import SFTConfig, train_sft, trajectory_states
 from lib.learning.recipe import load_recipe
-from lib.learning.sft import SFTConfig, train_sft, trajectory_states
 from lib.tools.fake import FakeTool
 
 from .conftest import LABELS, TINY, toy_samples
@@ -70,7 +70,7 @@ def test_sft_stops_on_request_and_rejects_foreign_labels(trajectories, tmp_path)
 def test_recipes_load_into_the_config_dataclasses():
     from pathlib import Path
 
-    from lib.learning.rl import RLConfig
+    from lib.learning.policy.rl import RLConfig
 
     root = Path(__file__).resolve().parents[2] / "configs"
     sft = load_recipe(SFTConfig, root / "sft.yaml")

@@ -177,7 +177,7 @@ def test_adapted_weights_share_the_released_encoder_export(lite, tmp_path, monke
 @pytest.mark.skipif(not EXPORTED, reason="neither onnxruntime nor openvino is installed")
 def test_finetuning_backend_encodes_through_the_tool(lite, slices, sessions, monkeypatch):
     """One encoder path: the trainable backend's embeddings are the served tool's, cached under the runtime."""
-    from lib.learning.tool_backends import LiteMedSAMBackend
+    from lib.learning.segmenter.backends import LiteMedSAMBackend
 
     tools, root = lite
     rt = EXPORTED[0]

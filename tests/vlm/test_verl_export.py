@@ -11,7 +11,7 @@ from PIL import Image
 
 from lib.agent.rewards import episode_reward
 from lib.agent.trajectories import rle_encode
-from lib.learning.verl_export import as_bool_mask, compute_score, png_bytes, rl_rows, write_parquet
+from lib.learning.policy.verl_export import as_bool_mask, compute_score, png_bytes, rl_rows, write_parquet
 from tests.vlm.scenes import two_tone_disk
 
 BOX = '<tool_call>{"name": "add_bbox", "arguments": {"bbox_2d": [100, 100, 900, 900]}}</tool_call>'

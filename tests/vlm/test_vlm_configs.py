@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lib.learning.vlm_grpo import VLMGRPOArguments
-from lib.learning.vlm_sft import VLMSFTArguments
+from lib.learning.vlm.grpo import VLMGRPOArguments
+from lib.learning.vlm.sft import VLMSFTArguments
 
 ROOT = Path(__file__).resolve().parents[2]
 

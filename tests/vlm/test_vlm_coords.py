@@ -17,7 +17,7 @@ from lib.agent.policies.base import Prefixed, StopPolicy
 from lib.agent.policies.vlm import VLMConfig, VLMPolicy
 from lib.agent.rollout import rollout
 from lib.agent.vlm_image import MODEL_IMAGE_SIZE, model_image
-from lib.learning.vlm_sft import ExportConfig, export_sft
+from lib.learning.vlm.sft import ExportConfig, export_sft
 
 S = MODEL_IMAGE_SIZE
 SHAPES = [(300, 517), (517, 300)]  # (H, W): taller and wider than the model image along one axis each

@@ -11,7 +11,7 @@ import torch
 
 from lib.agent.trajectories import rle_decode
 from lib.agent.vlm_prompt import FOLLOWUP_TURN, Turn, chat_messages, user_text
-from lib.learning.vlm_grpo import (
+from lib.learning.vlm.grpo import (
     REWARD_FUNCS,
     EpisodeGRPOTrainer,
     VLMGRPOArguments,
@@ -109,7 +109,7 @@ def test_episodes_interleave_model_and_environment_tokens(tmp_path, tiny_vlm, pr
 
 
 def test_one_grpo_step_on_a_two_image_batch(tmp_path, tiny_vlm, processor, fake_tool):
-    from lib.learning.vlm_sft import lora_config
+    from lib.learning.vlm.sft import lora_config
 
     args = VLMGRPOArguments(backend="fake", lora_r=8, lora_alpha=16, lora_dropout=0.0, dtype="float32",
                             image_size=IMAGE_SIZE, max_turns=2)

@@ -17,7 +17,7 @@ from lib.agent.expert import ExpertConfig, ExpertPolicy
 from lib.agent.grammar import parse
 from lib.agent.rollout import rollout
 from lib.agent.vlm_prompt import SYSTEM_PROMPT
-from lib.learning.vlm_sft import (
+from lib.learning.vlm.sft import (
     ExportConfig,
     VLMSFTArguments,
     build_sft_trainer,

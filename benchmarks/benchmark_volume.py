@@ -2,7 +2,7 @@
 """Benchmark whole-volume episodes (lib.agent.volume) on 3D cases: the policy vs propagation, the expert-driven
 propagation and the ground-truth box on every slice; prints a Markdown table.
 
-    python scripts/benchmark_volume.py --dataset sample-data/real --split training,test \\
+    python benchmarks/benchmark_volume.py --dataset sample-data/real --split training,test \\
         --checkpoint demo/agent_policy --out runs/volume/real
 
 Every (case, label) target the policy knows is evaluated with ``lib.agent.volume_eval.evaluate_volumes`` (the

@@ -18,9 +18,9 @@ from tqdm.auto import tqdm
 
 from lib.data.dataset import Case, Dataset, iter_slices
 from lib.data.intensity import Windowing
-from lib.learning.click_sessions import ClickTarget
-from lib.learning.embedding_cache import EmbeddingCache, EmbeddingKey, file_identity
-from lib.learning.tool_backends import TrainableBackend
+from lib.learning.segmenter.backends import TrainableBackend
+from lib.learning.segmenter.click_sessions import ClickTarget
+from lib.learning.segmenter.embedding_cache import EmbeddingCache, EmbeddingKey, file_identity
 
 logger = logging.getLogger(__name__)
 

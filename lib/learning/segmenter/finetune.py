@@ -3,7 +3,7 @@
 The released LiteMedSAM weights were trained with box prompts; corrective clicks on top of a box can
 make its masks worse. This loop adapts the prompt encoder and mask decoder (the image encoder stays
 frozen, so embeddings are computed once and cached on disk) on simulated annotation sessions made from
-ground-truth masks (``lib.learning.click_sessions``): a jittered box or an interior click first, then a
+ground-truth masks (``lib.learning.segmenter.click_sessions``): a jittered box or an interior click first, then a
 random number of expert corrective clicks, with or without the previous logits fed back. Loss: BCE +
 Dice on the last mask (optionally also the earlier ones); AdamW with warm-up and cosine decay.
 
@@ -11,7 +11,7 @@ Validation runs on held-out *cases*: mean Dice after the box and after 1..``val_
 clicks (the Dice-per-click curve), and NoC@85 with the click-only protocol of ``lib.agent.metrics.noc``.
 The score for early stopping and model selection is the mean of the Dice-per-click curve; the best
 state is restored at the end. Output: the trainable parts as a plain state dict + provenance JSON
-(``lib.learning.adapted_weights``), learning curves and the history.
+(``lib.learning.segmenter.adapted_weights``), learning curves and the history.
 
 Typical use::
 
@@ -40,13 +40,13 @@ from tqdm.auto import tqdm
 
 from lib.agent.clicks import jittered_box
 from lib.data.dataset import Case, Dataset, split_cases
-from lib.learning.adapted_weights import publish_adapted
-from lib.learning.click_sessions import LiveSession, SessionPlan, advance_sessions, run_sessions
-from lib.learning.embedding_cache import EmbeddingCache
-from lib.learning.tool_backends import TrainableBackend, make_backend
-from lib.learning.tool_curves import plot_learning_curves
-from lib.learning.tool_data import SliceSet, build_slice_set
-from lib.learning.tool_finetune_config import ToolFinetuneConfig
+from lib.learning.segmenter.adapted_weights import publish_adapted
+from lib.learning.segmenter.backends import TrainableBackend, make_backend
+from lib.learning.segmenter.click_sessions import LiveSession, SessionPlan, advance_sessions, run_sessions
+from lib.learning.segmenter.config import ToolFinetuneConfig
+from lib.learning.segmenter.curves import plot_learning_curves
+from lib.learning.segmenter.data import SliceSet, build_slice_set
+from lib.learning.segmenter.embedding_cache import EmbeddingCache
 from lib.tools.interaction import Prompting
 
 logger = logging.getLogger(__name__)

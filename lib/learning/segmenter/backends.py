@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lib.learning.embedding_cache import CachedEmbedding
+from lib.learning.segmenter.embedding_cache import CachedEmbedding
 from lib.tools.base import Tool, ToolSession
 
 
@@ -228,7 +228,7 @@ def sam2_backend(**kwargs) -> TrainableBackend:
     raise NotImplementedError(
         "interactive fine-tuning of sam2/medsam2 is not implemented: it needs multi-level backbone "
         "features in the embedding cache and a batched sam_mask_decoder path with high_res_features "
-        "(see lib.learning.tool_backends.sam2_backend); use --backend litemedsam"
+        "(see lib.learning.segmenter.backends.sam2_backend); use --backend litemedsam"
     )
 
 

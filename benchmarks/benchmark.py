@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Benchmark of the compact agent on the sample phantoms: train (small budget), evaluate held out, report.
 
-    python scripts/benchmark.py [--work runs/issue7] [--backend litemedsam] [--tool-weights DIR] \\
+    python benchmarks/benchmark.py [--work runs/issue7] [--backend litemedsam] [--tool-weights DIR] \\
         [--sft-minutes M] [--rl-minutes M] [--eval-max-slices-per-case 0] [--stages all]
 
 Stages (each cached in ``--work``, so an interrupted run resumes; ``--force STAGE`` redoes one):
@@ -96,9 +96,9 @@ def stage_data(args: argparse.Namespace) -> Path:
 def stage_trajectories(args: argparse.Namespace, studies: Path, tool, labels: dict[str, int]) -> Path:
     from lib.agent.trajectories import read_jsonl, repair_tail, write_jsonl
     from lib.data.dataset import Dataset
-    from lib.learning.agent_data import expert_trajectories
+    from lib.learning.policy.data import expert_trajectories
+    from lib.learning.policy.sft import SFTConfig
     from lib.learning.recipe import load_recipe
-    from lib.learning.sft import SFTConfig
 
     path = args.work / "trajectories.jsonl"
     times = args.work / "trajectories_time.json"
@@ -176,8 +176,8 @@ def sft_config(args: argparse.Namespace, load_recipe):
 
 def stage_sft(args: argparse.Namespace, studies: Path, traj_path: Path, labels: dict[str, int]) -> dict:
     from lib.learning.checkpoint import publish
+    from lib.learning.policy.sft import SFTConfig, train_sft
     from lib.learning.recipe import load_recipe
-    from lib.learning.sft import SFTConfig, train_sft
 
     out = args.work / "ckpt" / "sft"
     stats_path = out / "sft_stats.json"
@@ -199,8 +199,8 @@ def stage_sft(args: argparse.Namespace, studies: Path, traj_path: Path, labels: 
 def stage_rl(args: argparse.Namespace, studies: Path, tool) -> dict:
     from lib.data.dataset import Dataset
     from lib.learning.checkpoint import publish
+    from lib.learning.policy.rl import RLConfig, train_grpo
     from lib.learning.recipe import load_recipe
-    from lib.learning.rl import RLConfig, train_grpo
 
     out = args.work / "ckpt" / "grpo"
     stats_path = out / "rl_stats.json"
@@ -270,7 +270,7 @@ def report(args: argparse.Namespace, ev: dict, sft: dict, rl: dict, traj_s: floa
              f"{args.episode.local_radius or 'off'}; "
              f"turn budget {ev['max_turns']} (the hand-off box counts as turn 1); "
              "greedy policies; "
-             f"`scripts/benchmark.py`, 2-core CPU shared with other jobs (torch threads {args.threads}). SFT data: "
+             f"`benchmarks/benchmark.py`, 2-core CPU shared with other jobs (torch threads {args.threads}). SFT data: "
              f"{args.episodes_per_target} expert episode(s) per training target (Box-to-Point share "
              f"{args.box_to_point_prob}) + {args.extra_episodes} Box-to-Point episode(s) with {args.extra_retries + 1} "
              "click candidate(s) per turn (new hand-off boxes).", "",
@@ -381,7 +381,7 @@ def write_section(path: Path, text: str) -> None:
 
 def figures(args: argparse.Namespace, ev: dict) -> None:
     args.figures.mkdir(parents=True, exist_ok=True)
-    from lib.learning.sft import plot_sft_history
+    from lib.learning.policy.sft import plot_sft_history
 
     sft_dir = args.work / "ckpt" / "sft"
     st = json.loads((sft_dir / "sft_stats.json").read_text())

@@ -13,8 +13,9 @@ plus verl's standard multi-turn ones, so the reference recipe or a verl agent lo
   ``slice_index``, ``axis``, ``shape`` [H, W];
 - ``ability`` = "segmentation", ``agent_name`` = "medsam_iterative_agent".
 
-**Reward** (``compute_score``): importable by verl (``custom_reward_function.path = lib/learning/verl_export.py``,
-``name = compute_score``). It recomputes our episode reward (``lib.agent.rewards.episode_reward``, the reference's
+**Reward** (``compute_score``): importable by verl
+(``custom_reward_function.path = lib/learning/policy/verl_export.py``, ``name = compute_score``).
+It recomputes our episode reward (``lib.agent.rewards.episode_reward``, the reference's
 R by default; ``reward_kwargs`` fill ``RewardConfig``) from the per-action masks verl's agent loop puts in
 ``extra_info["pred_mask"]`` and the tool calls in the response. Differences from the reference scorer, all
 deliberate: masks of any convention (bool, 0/1, 0/255) are read correctly, and ``T`` counts executed

@@ -37,8 +37,8 @@ from lib.agent.policies.compact_dist import choose, log_prob, soft_targets
 from lib.agent.policies.compact_state import resize_plane, state_features
 from lib.agent.trajectories import Trajectory, read_jsonl
 from lib.data.dataset import Case, split_cases
-from lib.learning.agent_data import SliceImages, TrajectoryConfig, traj_key
 from lib.learning.curves import plot_curves, smooth
+from lib.learning.policy.data import SliceImages, TrajectoryConfig, traj_key
 from lib.learning.recipe import help_field, to_dict
 
 logger = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ process, alternating (A B A B ...) so machine-speed drift hits both alike. Each 
 512×512 slice ``--encodes`` times and decodes a box + 2 clicks ``--decodes`` times per encode; it
 reports the medians (the first encode and the first 5 decodes are warm-up) and its peak RSS.
 
-    python scripts/benchmark_malloc.py [--pairs 3]
+    python benchmarks/benchmark_malloc.py [--pairs 3]
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ variants alike: the fine-tuning step (``configs/tool_finetune.yaml`` sessions: d
 with, backward, AdamW) and one inference decode (box prompt, no gradients). Needs the embedding cache of a
 ``scripts/train_tool.py`` run on the same dataset (it encodes missing slices otherwise).
 
-    python scripts/benchmark_upscaling.py --dataset sample-data/studies [--blocks 4 --steps 25]
+    python benchmarks/benchmark_upscaling.py --dataset sample-data/studies [--blocks 4 --steps 25]
 """
 
 from __future__ import annotations
@@ -62,10 +62,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from lib.agent.clicks import jittered_box
     from lib.data.dataset import Dataset
-    from lib.learning.embedding_cache import EmbeddingCache
     from lib.learning.recipe import load_recipe
-    from lib.learning.tool_finetune import ToolFinetuner, prepare_slices
-    from lib.learning.tool_finetune_config import ToolFinetuneConfig
+    from lib.learning.segmenter.config import ToolFinetuneConfig
+    from lib.learning.segmenter.embedding_cache import EmbeddingCache
+    from lib.learning.segmenter.finetune import ToolFinetuner, prepare_slices
 
     # the replayed-session step this was measured on (stop 9), whatever the recipe's live_sessions
     cfg = dataclasses.replace(load_recipe(ToolFinetuneConfig, args.config, progress=False), live_sessions=0)

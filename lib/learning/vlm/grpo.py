@@ -44,7 +44,7 @@ from lib.agent.trajectories import rle_decode, rle_encode
 from lib.agent.vlm_image import MODEL_IMAGE_SIZE, OVERLAY_ALPHA, model_image
 from lib.agent.vlm_prompt import SYSTEM_PROMPT, Turn, chat_messages, user_text
 from lib.data.intensity import DEFAULT_CT_WINDOW
-from lib.learning.vlm_sft import VLMSFTArguments
+from lib.learning.vlm.sft import VLMSFTArguments
 from lib.tools.base import Tool
 
 
@@ -374,7 +374,7 @@ def build_grpo_trainer(args: VLMGRPOArguments, grpo_config, tool: Tool | None = 
     """An ``EpisodeGRPOTrainer`` from our arguments and TRL's ``GRPOConfig``; missing parts load from ``args``."""
     import datasets
 
-    from lib.learning.vlm_sft import load_for_training, lora_config
+    from lib.learning.vlm.sft import load_for_training, lora_config
 
     if tool is None:
         from lib.agent.rollout import load_backend

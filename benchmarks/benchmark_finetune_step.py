@@ -9,7 +9,7 @@ backward, clipping, AdamW), exactly as ``fit`` does, on the same cached embeddin
 (A B A B ...) in one process, so machine-speed drift hits both alike. Needs the embedding cache of a
 ``scripts/train_tool.py`` run on the same dataset (it encodes missing slices otherwise).
 
-    python scripts/benchmark_finetune_step.py --dataset sample-data/studies [--blocks 3 --steps 40]
+    python benchmarks/benchmark_finetune_step.py --dataset sample-data/studies [--blocks 3 --steps 40]
 """
 
 from __future__ import annotations
@@ -39,10 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from lib.data.dataset import Dataset
-    from lib.learning.embedding_cache import EmbeddingCache
     from lib.learning.recipe import load_recipe
-    from lib.learning.tool_finetune import ToolFinetuner, prepare_slices
-    from lib.learning.tool_finetune_config import ToolFinetuneConfig
+    from lib.learning.segmenter.config import ToolFinetuneConfig
+    from lib.learning.segmenter.embedding_cache import EmbeddingCache
+    from lib.learning.segmenter.finetune import ToolFinetuner, prepare_slices
 
     cfg = load_recipe(ToolFinetuneConfig, args.config, progress=False)
     ds = Dataset.from_dir(args.dataset)

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Benchmark the hybrid-prompting expert with a real tool (issue 4; results in BENCHMARKS.md).
 
-    python scripts/benchmark_expert.py quality --dataset /tmp/sd/studies --out bench/expert.json
-    python scripts/benchmark_expert.py throughput --dataset /tmp/sd/studies --out bench/throughput.json
+    python benchmarks/benchmark_expert.py quality --dataset /tmp/sd/studies --out bench/expert.json
+    python benchmarks/benchmark_expert.py throughput --dataset /tmp/sd/studies --out bench/throughput.json
 
 ``quality``: every organ target (default liver, spleen, kidneys) of the CT cases of both splits is encoded
 once; the expert then runs on that shared session for every (prompting, expert variant, strategy)

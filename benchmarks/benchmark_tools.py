@@ -9,7 +9,7 @@ Measures, side by side in one run:
   3. through the real MONAI Label server: first request on a fresh slice vs repeated requests on the
      same slice (the session cache), as the client sees it.
 
-    python scripts/benchmark_tools.py [--repeats 5] [--skip-server] [--out BENCHMARKS.md]
+    python benchmarks/benchmark_tools.py [--repeats 5] [--skip-server] [--out BENCHMARKS.md]
 
 With ``--encoder-runtimes`` it measures the image encoder in each runtime of ``lib.tools.encoder_runtime``
 (issue 15) instead and writes ``docs/results/encoder_runtime.md``, all side by side in one run:
@@ -24,7 +24,7 @@ With ``--encoder-runtimes`` it measures the image encoder in each runtime of ``l
      default (``auto``), two servers side by side, requests alternating.
 
     source scripts/setup_env.sh   # sets the glibc malloc tuning the app runs under
-    python scripts/benchmark_tools.py --encoder-runtimes [--repeats 7] [--sam2-sizes 512,1024]
+    python benchmarks/benchmark_tools.py --encoder-runtimes [--repeats 7] [--sam2-sizes 512,1024]
 """
 
 from __future__ import annotations
@@ -208,7 +208,7 @@ def server_cache(args) -> dict:
 def render(backends, variants, server) -> str:
     cpu = platform.processor() or platform.machine()
     lines = [SECTION, "",
-             f"Measured by `python scripts/benchmark_tools.py` on {time.strftime('%Y-%m-%d')}, "
+             f"Measured by `python benchmarks/benchmark_tools.py` on {time.strftime('%Y-%m-%d')}, "
              f"{torch.get_num_threads()} torch threads, {cpu}, torch {torch.__version__}. Medians; the machine is a "
              "shared 2-core VM, so absolute numbers vary run to run (ratios are measured side by side).", "",
              "### Encoder and decoder per backend and input size", "",
@@ -671,7 +671,7 @@ def encoder_runtimes_report(args) -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     env["load_end"] = os.getloadavg()[0]
-    cmd = "python scripts/benchmark_tools.py --encoder-runtimes " + " ".join(
+    cmd = "python benchmarks/benchmark_tools.py --encoder-runtimes " + " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in (("repeats", args.repeats), ("sam2_sizes", args.sam2_sizes),
                                                      ("slices_per_label", args.slices_per_label),
                                                      ("server_slices", args.server_slices)))

@@ -20,9 +20,9 @@ from tqdm.auto import tqdm
 from lib.agent.clicks import corrective_click, jittered_box, not_clicked_map
 from lib.agent.metrics import dice, noc
 from lib.agent.policies.ellipse import ellipse_mask
-from lib.learning.embedding_cache import CachedEmbedding
-from lib.learning.tool_backends import TrainableBackend
-from lib.learning.tool_data import SliceSet
+from lib.learning.segmenter.backends import TrainableBackend
+from lib.learning.segmenter.data import SliceSet
+from lib.learning.segmenter.embedding_cache import CachedEmbedding
 from lib.tools.base import Tool
 from lib.tools.interaction import Interaction, Prompting
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from lib.agent.actions import Box, Point
 from lib.agent.clicks import error_candidates
 from lib.agent.metrics import dice, iou
-from lib.learning.tool_backends import TrainableBackend
+from lib.learning.segmenter.backends import TrainableBackend
 from lib.tools.interaction import Prompting
 from lib.tools.local_merge import equivalent_radius
 

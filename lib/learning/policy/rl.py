@@ -48,10 +48,10 @@ from lib.agent.rollout import episode_seed, rollout, sample_options, tool_name, 
 from lib.agent.settings import EpisodeSettings
 from lib.agent.trajectories import Trajectory
 from lib.data.dataset import Case, Dataset, SliceSample, split_cases
-from lib.learning.agent_data import DataSource, iter_targets, slice_key
 from lib.learning.curves import plot_curves, smooth
+from lib.learning.policy.data import DataSource, iter_targets, slice_key
+from lib.learning.policy.sft import torch_threads
 from lib.learning.recipe import help_field, to_dict
-from lib.learning.sft import torch_threads
 from lib.tools.base import Tool
 from lib.tools.cache import SessionCache
 
