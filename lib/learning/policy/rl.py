@@ -24,7 +24,6 @@ on validation.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
 import time
@@ -36,7 +35,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from lib.agent.clicks import jittered_box
 from lib.agent.env import EnvConfig, SegmentationEnv
@@ -49,8 +47,8 @@ from lib.agent.settings import EpisodeSettings
 from lib.agent.trajectories import Trajectory
 from lib.data.dataset import Case, Dataset, SliceSample, split_cases
 from lib.learning.curves import plot_curves, smooth
+from lib.learning.loop import BestState, LoopConfig, MetricLog, TrainLoop, seeded, torch_threads
 from lib.learning.policy.data import DataSource, iter_targets, slice_key
-from lib.learning.policy.sft import torch_threads
 from lib.learning.recipe import help_field, to_dict
 from lib.tools.base import Tool
 from lib.tools.cache import SessionCache
@@ -284,8 +282,7 @@ def train_grpo(config: RLConfig, samples: DataSource | tuple[Dataset | str | Pat
 def _train_grpo(config: RLConfig, samples: Any, tool: Tool, init_dir: str | Path, out_dir: str | Path,
                 progress: Callable[[dict], None] | None, should_stop: Callable[[], bool] | None) -> dict[str, Any]:
     t_start = time.perf_counter()
-    torch.manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
+    rng = seeded(config.seed)
     policy = CompactPolicy.load(init_dir, greedy=False, temperature=config.temperature,
                                 coord_temperature=config.coord_temperature)
     policy.recording = True
@@ -301,39 +298,31 @@ def _train_grpo(config: RLConfig, samples: Any, tool: Tool, init_dir: str | Path
     opt = torch.optim.AdamW(policy.net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     modes = [m for m, w in (("handoff", config.handoff_fraction), ("autonomous", 1 - config.handoff_fraction)) if w > 0]
     weights = {"handoff": config.handoff_fraction, "autonomous": 1 - config.handoff_fraction}
-    history: dict[str, list] = {"step": [], "reward": [], "turns": [], "dice": [], "val_step": [], "val_reward": []}
-    for m in modes:
-        history[f"val_{m}_reward"], history[f"val_{m}_dice"], history[f"val_{m}_turns"] = [], [], []
+    log = MetricLog(train=("step", "reward", "turns", "dice"),
+                    val=("step", "reward", *(f"{m}_{k}" for m in modes for k in ("reward", "dice", "turns"))))
 
     def validate(step: int) -> float | None:
         if not val:
             return None
+        per_mode = {}
         total = 0.0
         for m in modes:
             r = evaluate_greedy(policy, env, slices, val, m == "handoff", config.seed + 7, config.episode.box_jitter)
-            history[f"val_{m}_reward"].append(r["reward"])
-            history[f"val_{m}_dice"].append(r["dice"])
-            history[f"val_{m}_turns"].append(r["turns"])
+            per_mode.update({f"{m}_{k}": r[k] for k in ("reward", "dice", "turns")})
             total += weights[m] * r["reward"]
-        history["val_step"].append(step)
-        history["val_reward"].append(total)
+        log.val(step, reward=total, **per_mode)
         logger.info("rl step %d: val reward %.4f (%s)", step, total, ", ".join(
-            f"{m}: dice {history[f'val_{m}_dice'][-1]:.3f} turns {history[f'val_{m}_turns'][-1]:.2f}" for m in modes))
+            f"{m}: dice {per_mode[f'{m}_dice']:.3f} turns {per_mode[f'{m}_turns']:.2f}" for m in modes))
         return total
 
     best_val = validate(0)
-    best = (best_val if best_val is not None else -math.inf, copy.deepcopy(policy.net.state_dict()), 0)
-    stopped = budget_hit = False
+    best = BestState(mode="max")
+    best.keep(best_val if best_val is not None else -math.inf, 0, copy.deepcopy(policy.net.state_dict()))
     episodes = 0
     last_stats: dict[str, float] = {}
-    bar = tqdm(range(config.steps), desc="grpo", unit="step", disable=progress is not None, mininterval=10)
-    for step in bar:
-        if should_stop is not None and should_stop():
-            stopped = True
-            break
-        if config.max_minutes and time.perf_counter() - t_start > 60 * config.max_minutes:
-            budget_hit = True
-            break
+    loop = TrainLoop(LoopConfig(steps=config.steps, eval_every=config.eval_every, max_minutes=config.max_minutes,
+                                desc="grpo", bar=progress is None), should_stop, started=t_start)
+    for step in loop:
         batch: list[dict[str, Any]] = []
         rewards_all, turns_all, dice_all = [], [], []
         for _ in range(config.groups_per_step):
@@ -360,23 +349,22 @@ def _train_grpo(config: RLConfig, samples: Any, tool: Tool, init_dir: str | Path
         policy.trace = []
         if batch:
             last_stats = grpo_update(policy, ref, opt, batch, config)
-        history["step"].append(step + 1)
-        history["reward"].append(float(np.mean(rewards_all)))
-        history["turns"].append(float(np.mean(turns_all)))
-        history["dice"].append(float(np.mean(dice_all)))
-        if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
-            v = validate(step + 1)
-            if v is not None and v > best[0]:
-                best = (v, copy.deepcopy(policy.net.state_dict()), step + 1)
-        bar.set_postfix(reward=f"{smooth(history['reward'])[-1]:.3f}", refresh=False)
+        log.train(step, reward=float(np.mean(rewards_all)), turns=float(np.mean(turns_all)),
+                  dice=float(np.mean(dice_all)))
+        if loop.is_eval_step(step):
+            v = validate(step)
+            if v is not None:
+                best.offer(v, step, lambda: copy.deepcopy(policy.net.state_dict()))
+        loop.show(reward=f"{smooth(log.column('train', 'reward'))[-1]:.3f}")
         if progress is not None:
-            progress({"stage": "rl", "step": step + 1, "steps": config.steps, "reward": history["reward"][-1],
-                      "turns": history["turns"][-1], **last_stats})
-    n_steps = len(history["step"])
+            progress({"stage": "rl", "step": step, "steps": config.steps, "reward": log.last("train", "reward"),
+                      "turns": log.last("train", "turns"), **last_stats})
+    n_steps = loop.steps_run
     if n_steps == 0:
         raise RuntimeError("GRPO stopped before its first step; nothing to save")
     if config.keep_best and val:
-        policy.net.load_state_dict(best[1])
+        policy.net.load_state_dict(best.state)
+    history = log.columns()
     policy.recording, policy.greedy, policy.trace = False, True, []
     rs = smooth(history["reward"])
 
@@ -385,7 +373,7 @@ def _train_grpo(config: RLConfig, samples: Any, tool: Tool, init_dir: str | Path
             return None
         return {m: {k: history[f"val_{m}_{k}"][i] for k in ("reward", "dice", "turns")} for m in modes}
 
-    best_i = history["val_step"].index(best[2]) if val and best[2] in history["val_step"] else None
+    best_i = history["val_step"].index(best.step) if val and best.step in history["val_step"] else None
     stats = {
         "stage": "rl",
         "steps": n_steps,
@@ -396,12 +384,12 @@ def _train_grpo(config: RLConfig, samples: Any, tool: Tool, init_dir: str | Path
         "turns_last": smooth(history["turns"])[-1],
         "val_init": val_at(0 if history["val_step"] else None),
         "val_best": val_at(best_i) if config.keep_best else val_at(len(history["val_step"]) - 1 if val else None),
-        "best_step": best[2] if (config.keep_best and val) else n_steps,
+        "best_step": best.step if (config.keep_best and val) else n_steps,
         "n_train_targets": len(train),
         "n_val_targets": len(val),
         "encodes": slices.cache.misses,
-        "stopped": stopped,
-        "budget_hit": budget_hit,
+        "stopped": loop.stopped,
+        "budget_hit": loop.budget_hit,
         "seed": config.seed,
         "last_update": last_stats,
     }
@@ -413,7 +401,7 @@ def _train_grpo(config: RLConfig, samples: Any, tool: Tool, init_dir: str | Path
         panels["validation (greedy)"] = {f"{m} {k}": (history["val_step"], history[f"val_{m}_{k}"])
                                          for m in modes for k in ("reward", "dice")}
     plot_curves(out / "rl_curves.png", panels, f"GRPO: G={config.group_size}, {n_steps} steps, {episodes} episodes")
-    (out / "rl_history.json").write_text(json.dumps(history) + "\n", encoding="utf-8")
+    log.write(out / "rl_history.json", layout="columns")
     stats["time_s"] = time.perf_counter() - t_start
     policy.provenance = {"init_provenance": dict(policy.provenance)}  # keep the SFT record, nested
     policy.episode = config.episode.record(tool_name(tool))

@@ -14,13 +14,11 @@ with the lowest validation loss (the last one when there is no validation case).
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +26,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from lib.agent.policies.compact import CompactPolicy
 from lib.agent.policies.compact_codec import encode_action
@@ -38,6 +35,7 @@ from lib.agent.policies.compact_state import resize_plane, state_features
 from lib.agent.trajectories import Trajectory, read_jsonl
 from lib.data.dataset import Case, split_cases
 from lib.learning.curves import plot_curves, smooth
+from lib.learning.loop import BestState, LoopConfig, MetricLog, TrainLoop, seeded, torch_threads
 from lib.learning.policy.data import SliceImages, TrajectoryConfig, traj_key
 from lib.learning.recipe import help_field, to_dict
 
@@ -340,25 +338,11 @@ def train_sft(config: SFTConfig, trajectories: str | Path | Sequence[Trajectory]
         return _train_sft(config, trajectories, out_dir, labels, progress, should_stop, images)
 
 
-@contextlib.contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run with ``n`` torch intra-op threads (0 = unchanged) and restore the caller's setting after: the
-    trainers run inside the MONAI Label server, whose inference must keep its own setting."""
-    before = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(int(n))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _train_sft(config: SFTConfig, trajectories: str | Path | Sequence[Trajectory], out_dir: str | Path,
                labels: Mapping[str, int], progress: Callable[[dict], None] | None,
                should_stop: Callable[[], bool] | None, images: Any) -> dict[str, Any]:
     t_start = time.perf_counter()
-    torch.manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
+    rng = seeded(config.seed)
     trajs = read_jsonl(trajectories) if isinstance(trajectories, (str, Path)) else list(trajectories)
     policy = CompactPolicy(labels, config.policy)
     known = {n.lower() for n in policy.labels}
@@ -380,64 +364,51 @@ def _train_sft(config: SFTConfig, trajectories: str | Path | Sequence[Trajectory
                 len(trajs), len(train), len(train_cases), len(val), len(val_cases), kinds)
     net = policy.net.train()
     opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    history: dict[str, list] = {"step": [], "loss": [], "val_step": [], "val_loss": [], "val_accuracy": [],
-                                "val_box_iou": []}
-    best = (math.inf, None, 0)
-    stopped, budget_hit, step = False, False, 0
-    bar = tqdm(range(config.steps), desc="sft", unit="step", disable=progress is not None, mininterval=10)
-    for step in bar:
-        if should_stop is not None and should_stop():
-            stopped = True
-            break
-        if config.max_minutes and time.perf_counter() - t_start > 60 * config.max_minutes:
-            budget_hit = True
-            break
+    log = MetricLog(train=("step", "loss"), val=("step", "loss", "accuracy", "box_iou"))
+    best = BestState(mode="min")
+    loop = TrainLoop(LoopConfig(steps=config.steps, eval_every=config.eval_every, max_minutes=config.max_minutes,
+                                desc="sft", bar=progress is None), should_stop, started=t_start)
+    for step in loop:
         for g in opt.param_groups:
-            g["lr"] = _lr_at(step, config, config.steps)
+            g["lr"] = _lr_at(step - 1, config, config.steps)
         b = train_b.batch(rng.integers(0, len(train), config.batch_size).tolist(), rng, config.augment,
                           config.shift)
         losses = sft_loss(net(b["x"], b["label"], b["turn"]), b, config)
         if not torch.isfinite(losses["loss"]):
-            raise FloatingPointError(f"SFT loss became {float(losses['loss'])} at step {step}; lower lr")
+            raise FloatingPointError(f"SFT loss became {float(losses['loss'])} at step {step - 1}; lower lr")
         opt.zero_grad(set_to_none=True)
         losses["loss"].backward()
         if config.grad_clip:
             torch.nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
         opt.step()
-        history["step"].append(step + 1)
-        history["loss"].append(float(losses["loss"].detach()))
-        last = (step + 1) % config.eval_every == 0 or step + 1 == config.steps
-        if last and len(val):
+        log.train(step, loss=float(losses["loss"].detach()))
+        if loop.is_eval_step(step) and len(val):
             m = evaluate_states(net, val_b, config)
-            history["val_step"].append(step + 1)
-            history["val_loss"].append(m["loss"])
-            history["val_accuracy"].append(m["kind_acc"])
-            history["val_box_iou"].append(m["box_iou"])
-            if m["loss"] < best[0]:
-                best = (m["loss"], copy.deepcopy(net.state_dict()), step + 1)
-            logger.info("sft step %d: loss %.3f, val loss %.3f, val kind acc %.3f, val box IoU %s", step + 1,
-                        smooth(history["loss"])[-1], m["loss"], m["kind_acc"], m["box_iou"])
-        bar.set_postfix(loss=f"{smooth(history['loss'])[-1]:.3f}", refresh=False)
+            log.val(step, loss=m["loss"], accuracy=m["kind_acc"], box_iou=m["box_iou"])
+            best.offer(m["loss"], step, lambda: copy.deepcopy(net.state_dict()))
+            logger.info("sft step %d: loss %.3f, val loss %.3f, val kind acc %.3f, val box IoU %s", step,
+                        smooth(log.column("train", "loss"))[-1], m["loss"], m["kind_acc"], m["box_iou"])
+        loop.show(loss=f"{smooth(log.column('train', 'loss'))[-1]:.3f}")
         if progress is not None:
-            progress({"stage": "sft", "step": step + 1, "steps": config.steps, "loss": history["loss"][-1],
-                      "val_loss": history["val_loss"][-1] if history["val_loss"] else None})
-    n_steps = len(history["step"])
+            progress({"stage": "sft", "step": step, "steps": config.steps, "loss": log.last("train", "loss"),
+                      "val_loss": log.last("val", "loss")})
+    n_steps = loop.steps_run
     if n_steps == 0:
         raise RuntimeError("SFT stopped before its first step; nothing to save")
     if len(val):
         final = evaluate_states(net, val_b, config)
-        if final["loss"] < best[0]:
-            best = (final["loss"], copy.deepcopy(net.state_dict()), n_steps)
-        net.load_state_dict(best[1])
+        best.offer(final["loss"], n_steps, lambda: copy.deepcopy(net.state_dict()))
+        net.load_state_dict(best.state)
         val_metrics = evaluate_states(net, val_b, config)
     else:
         val_metrics = {}
     net.eval()
+    history = log.columns()
     train_smooth = smooth(history["loss"])
     stats = {
         "stage": "sft",
         "steps": n_steps,
-        "best_step": best[2] if len(val) else n_steps,
+        "best_step": best.step if len(val) else n_steps,
         "train_loss_first": train_smooth[0],
         "train_loss": train_smooth[-1],
         "val_loss": val_metrics.get("loss"),
@@ -452,8 +423,8 @@ def _train_sft(config: SFTConfig, trajectories: str | Path | Sequence[Trajectory
         "train_cases": train_cases,
         "val_cases": val_cases,
         "train_kinds": dict(zip(("stop", "box", "positive", "negative"), kinds, strict=True)),
-        "stopped": stopped,
-        "budget_hit": budget_hit,
+        "stopped": loop.stopped,
+        "budget_hit": loop.budget_hit,
         "time_s": time.perf_counter() - t_start,
         "seed": config.seed,
     }
@@ -461,7 +432,7 @@ def _train_sft(config: SFTConfig, trajectories: str | Path | Sequence[Trajectory
     out.mkdir(parents=True, exist_ok=True)
     plot_sft_history(out / "sft_curves.png", history,
                      f"SFT: {len(train)} states from {len(train_cases)} cases, {n_steps} steps")
-    (out / "sft_history.json").write_text(json.dumps(history) + "\n", encoding="utf-8")
+    log.write(out / "sft_history.json", layout="columns")
     backends = sorted({t.backend for t in trajs})
     policy.episode = config.data.episode.record(backends[0])
     policy.save(out, {"stage": "sft", "data": {"trajectories": len(trajs), "backends": backends,

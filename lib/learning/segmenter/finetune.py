@@ -36,10 +36,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from lib.agent.clicks import jittered_box
 from lib.data.dataset import Case, Dataset, split_cases
+from lib.learning.loop import BestState, LoopConfig, MetricLog, TrainLoop
 from lib.learning.segmenter.adapted_weights import publish_adapted
 from lib.learning.segmenter.backends import TrainableBackend, make_backend
 from lib.learning.segmenter.click_sessions import LiveSession, SessionPlan, advance_sessions, run_sessions
@@ -247,7 +247,7 @@ class ToolFinetuner:
     def fit(self, train: SliceSet, val: SliceSet) -> FinetuneResult:
         """Optimise on ``train``, select on ``val``; returns the best state (the released one if nothing beat it)."""
         c = self.cfg
-        rng = np.random.default_rng(c.seed)
+        rng = np.random.default_rng(c.seed)  # torch was seeded in __init__, before the backend was built
         params = self.backend.parameters()
         opt = torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, self._lr_lambda)
@@ -255,41 +255,35 @@ class ToolFinetuner:
         before = self._validate(val)
         val_seconds = time.perf_counter() - t0
         logger.info("released weights: val Dice per click %s, NoC@85 %.2f", before["dice_per_click"], before["noc@85"])
-        history: dict[str, list[dict[str, Any]]] = {"train": [], "val": [{"step": 0, **before}]}
+        log = MetricLog()
+        log.val(0, **before)
         if self.on_validation:
             self.on_validation(0, before)
-        best = (before["score"], 0, self.backend.trainable_state_dict(), before)
-        bad, step = 0, 0
-        bar = tqdm(range(1, c.steps + 1), desc="fine-tune", unit="step", disable=not c.progress, mininterval=2.0)
+        best = BestState(mode="max", min_delta=c.min_delta)
+        best.keep(before["score"], 0, self.backend.trainable_state_dict(), before)
+        loop = TrainLoop(LoopConfig(steps=c.steps, eval_every=c.val_every, patience=c.patience, desc="fine-tune",
+                                    bar=c.progress, mininterval=2.0), started=t0)
         pool: deque[LiveSession] = deque()
-        for step in bar:
+        for step in loop:
             loss, mode = self.optimizer_step(train, pool, rng, opt, params)
             if loss is not None:
-                history["train"].append({"step": step, "loss": round(loss, 5), "t": round(time.perf_counter() - t0, 2),
-                                         "lr": sched.get_last_lr()[0], "mode": mode})
-                bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+                log.train(step, loss=round(loss, 5), t=round(loop.elapsed(), 2), lr=sched.get_last_lr()[0], mode=mode)
+                loop.show(loss=f"{loss:.3f}")
             sched.step()
-            if step % c.val_every == 0 or step == c.steps:
+            if loop.is_eval_step(step):
                 tv = time.perf_counter()
                 metrics = self._validate(val)
                 val_seconds += time.perf_counter() - tv
-                history["val"].append({"step": step, **metrics})
+                log.val(step, **metrics)
                 logger.info("step %d: val Dice per click %s, NoC@85 %.2f", step, metrics["dice_per_click"],
                             metrics["noc@85"])
                 if self.on_validation:
                     self.on_validation(step, metrics)
-                if metrics["score"] > best[0] + c.min_delta:
-                    best, bad = (metrics["score"], step, self.backend.trainable_state_dict(), metrics), 0
-                else:
-                    bad += 1
-                    if c.patience and bad >= c.patience:
-                        logger.info("early stop at step %d (no improvement for %d validations)", step, bad)
-                        break
-        bar.close()
-        self.backend.load_trainable(best[2])
-        return FinetuneResult(state=best[2], before=before, after=best[3], history=history, steps_run=step,
-                              best_step=best[1], stopped_early=step < c.steps,
-                              train_seconds=time.perf_counter() - t0, val_seconds=val_seconds)
+                loop.validated(best.offer(metrics["score"], step, self.backend.trainable_state_dict, metrics))
+        self.backend.load_trainable(best.state)
+        return FinetuneResult(state=best.state, before=before, after=best.info, history=log.rows(),
+                              steps_run=loop.steps_run, best_step=best.step, stopped_early=loop.ended_early,
+                              train_seconds=loop.elapsed(), val_seconds=val_seconds)
 
 
 def prepare_slices(dataset: Dataset, cases: Sequence[Case], cfg: ToolFinetuneConfig, backend: TrainableBackend,
