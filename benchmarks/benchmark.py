@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Benchmark of the compact agent on the sample phantoms: train (small budget), evaluate held out, report.
 
-    python benchmarks/benchmark.py [--work runs/issue7] [--backend litemedsam] [--tool-weights DIR] \\
+    python benchmarks/benchmark.py [--work runs/agent_slice] [--backend litemedsam] [--tool-weights DIR] \\
         [--sft-minutes M] [--rl-minutes M] [--eval-max-slices-per-case 0] [--stages all]
 
 Stages (each cached in ``--work``, so an interrupted run resumes; ``--force STAGE`` redoes one):
@@ -44,7 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from lib.agent.settings import add_episode_args, episode_from_args
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--work", type=Path, default=ROOT / "runs" / "issue7", help="working folder (cached stages)")
+    p.add_argument("--work", type=Path, default=ROOT / "runs" / "agent_slice", help="working folder (cached stages)")
     p.add_argument("--backend", default="litemedsam", help="segmentation backend")
     p.add_argument("--tool-weights", default=None, help="adapted segmenter weights (folder with adapted.pt)")
     p.add_argument("--stages", default="all", help=f"comma-separated subset of {','.join(STAGES)} (default all)")
@@ -334,9 +334,9 @@ def report(args: argparse.Namespace, ev: dict, sft: dict, rl: dict, traj_s: floa
     notes = args.work / "notes.md"
     if notes.is_file():  # the reading of these numbers, written by whoever ran the benchmark
         lines += ["", notes.read_text(encoding="utf-8").strip()]
-    lines += ["", "![SFT learning curves](docs/figures/issue7_sft_curves.png)",
-              "![GRPO learning curves](docs/figures/issue7_grpo_curves.png)",
-              "![Dice vs turn](docs/figures/issue7_dice_vs_turn.png)", ""]
+    lines += ["", "![SFT learning curves](docs/figures/agent_sft_curves.png)",
+              "![GRPO learning curves](docs/figures/agent_grpo_curves.png)",
+              "![Dice vs turn](docs/figures/agent_dice_vs_turn.png)", ""]
     return "\n".join(lines)
 
 
@@ -385,9 +385,9 @@ def figures(args: argparse.Namespace, ev: dict) -> None:
 
     sft_dir = args.work / "ckpt" / "sft"
     st = json.loads((sft_dir / "sft_stats.json").read_text())
-    plot_sft_history(args.figures / "issue7_sft_curves.png", json.loads((sft_dir / "sft_history.json").read_text()),
+    plot_sft_history(args.figures / "agent_sft_curves.png", json.loads((sft_dir / "sft_history.json").read_text()),
                      f"SFT: {st['n_train_states']} states from {len(st['train_cases'])} cases, {st['steps']} steps")
-    shutil.copyfile(args.work / "ckpt" / "grpo" / "rl_curves.png", args.figures / "issue7_grpo_curves.png")
+    shutil.copyfile(args.work / "ckpt" / "grpo" / "rl_curves.png", args.figures / "agent_grpo_curves.png")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -409,7 +409,7 @@ def figures(args: argparse.Namespace, ev: dict) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(args.figures / "issue7_dice_vs_turn.png")
+    fig.savefig(args.figures / "agent_dice_vs_turn.png")
     plt.close(fig)
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Benchmark the hybrid-prompting expert with a real tool (issue 4; results in BENCHMARKS.md).
+"""Benchmark the hybrid-prompting expert with a real tool (results in BENCHMARKS.md).
 
     python benchmarks/benchmark_expert.py quality --dataset /tmp/sd/studies --out bench/expert.json
     python benchmarks/benchmark_expert.py throughput --dataset /tmp/sd/studies --out bench/throughput.json

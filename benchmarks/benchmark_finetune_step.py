@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Side-by-side: a fine-tuning step with replayed sessions vs continued (live) sessions (issue 3 speed).
+"""Side-by-side: a fine-tuning step with replayed sessions vs continued (live) sessions (step time).
 
 Replayed (``live_sessions: 0``): every step runs new sessions from their first prompt to their last turn
 without gradients and decodes the last turn with them: 3.1 decoder calls per step for budgets uniform in

@@ -12,7 +12,7 @@ Measures, side by side in one run:
     python benchmarks/benchmark_tools.py [--repeats 5] [--skip-server] [--out BENCHMARKS.md]
 
 With ``--encoder-runtimes`` it measures the image encoder in each runtime of ``lib.tools.encoder_runtime``
-(issue 15) instead and writes ``docs/results/encoder_runtime.md``, all side by side in one run:
+instead and writes ``docs/results/encoder_runtime.md``, all side by side in one run:
 
   a. LiteMedSAM encoder at 256²: torch eager vs ONNX Runtime vs OpenVINO (f32, the served paths), plus two
      benchmark-only variants, ONNX Runtime int8 (dynamic quantization of the MatMuls) and OpenVINO bf16;
@@ -49,7 +49,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-SECTION = "## Segmentation tools: encoder / decoder latency and session cache (issue 2)"
+SECTION = "## Tool latency: encoder, decoder and session cache"
 SIZES = [(128, 128), (256, 256), (512, 512), (300, 517)]
 
 
@@ -239,7 +239,7 @@ def write_section(path: Path, text: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# issue 15: the image encoder in ONNX Runtime / OpenVINO (--encoder-runtimes)
+# the image encoder in ONNX Runtime / OpenVINO (--encoder-runtimes)
 # ---------------------------------------------------------------------------------------------------------
 RESULTS = ROOT / "docs" / "results" / "encoder_runtime.md"
 INT8 = "onnxruntime int8 (benchmark only)"
@@ -564,7 +564,7 @@ def server_runtimes(args, cache: Path) -> dict:
 def render_runtimes(env: dict, speed, export_s, emb, parity, parity_sources, sam2, server, cmd: str,
                     slices_per_label: int = 2) -> str:
     med = statistics.median
-    lines = ["# Image encoder at inference-runtime speed (issue 15)", "",
+    lines = ["# Image encoder at inference-runtime speed", "",
              f"Measured by `{cmd}` on {time.strftime('%Y-%m-%d')}: {env['cpu']}, {env['cores']} cores shared with "
              f"other jobs (absolute times vary run to run; every ratio below is measured side by side, interleaved "
              f"round by round in one process), torch {torch.__version__}, {env['versions']}, {env['threads']} "
@@ -702,7 +702,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
     ap.add_argument("--json", default="", help="also write the raw numbers to this JSON file")
     ap.add_argument("--encoder-runtimes", action="store_true",
-                    help="issue 15: compare the image-encoder runtimes and write --results instead")
+                    help="compare the image-encoder runtimes and write --results instead")
     ap.add_argument("--results", default=str(RESULTS), help="where --encoder-runtimes writes its Markdown")
     ap.add_argument("--sam2-sizes", default="512,1024", help="SAM 2.1 input sizes for --encoder-runtimes ('' = skip)")
     ap.add_argument("--slices-per-label", type=int, default=2, help="parity slices per study and label")

@@ -4,7 +4,7 @@
 A 2x2 transposed convolution with stride 2 has no overlapping outputs: output pixel (2i + a, 2j + b) is
 ``x[:, :, i, j] @ W[:, :, a, b] + bias``, i.e. one (B*H*W, C_in) x (C_in, C_out*4) matrix product and a pixel
 rearrangement. The idea was that torch's CPU transposed convolution is slow (about 23% of a decoder forward in a
-cProfile of fine-tuning steps) and a GEMM would be faster. Measured 2026-11-30 (BENCHMARKS.md, issue 3): 1.02x per
+cProfile of fine-tuning steps) and a GEMM would be faster. Measured 2026-11-30 (BENCHMARKS.md, segmenter): 1.02x per
 fine-tuning step, 1.12x per inference decode. Too little for the step-time target, so the product keeps torch's
 layer and this variant lives here only.
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Rebuild the demo agent policy shipped for the sample studies (``demo/agent_policy``).
 
-It is the compact SFT+GRPO policy of the issue-7 benchmark recipe, trained on the sample phantoms'
+It is the compact SFT+GRPO policy of the agent benchmark's recipe, trained on the sample phantoms'
 labelled studies with seed 0 and the real LiteMedSAM weights::
 
     python scripts/train_demo_policy.py [--work runs/demo] [--out demo/agent_policy]
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "demo", help="benchmark working folder (cached)")
     p.add_argument("--out", type=Path, default=ROOT / "demo" / "agent_policy")
     p.add_argument("--from-checkpoint", type=Path, default=None,
-                   help="skip training: install this already trained checkpoint folder (e.g. runs/issue7/ckpt/grpo)")
+                   help="skip training: install this trained checkpoint folder (e.g. runs/agent_slice/ckpt/grpo)")
     args, rest = p.parse_known_args(argv)
     if args.from_checkpoint is None:
         import subprocess
