@@ -116,10 +116,11 @@ class MedSAMAgentApp(MONAILabelApp):
             if name in self.unavailable or not (provider.bundle / "configs" / "train.json").is_file():
                 continue
             episode = self.app_conf.episode
-            # the segmenter is adapted under the settings it is served with (train == serve)
-            overrides = {"device": self.app_conf.device, "ct_window": list(episode.ct_window),
-                         "box_jitter": episode.box_jitter, "val_prompting": episode.prompting_for(name).value,
-                         "models_dir": str(provider.models_dir)}
+            # the segmenter is adapted under the settings it is served with (train == serve), its frozen image
+            # encoder run by the served runtime (--conf encoder_runtime; None for backends without the option)
+            overrides = {"device": self.app_conf.device, "encoder_runtime": provider.overrides.get("encoder_runtime"),
+                         "ct_window": list(episode.ct_window), "box_jitter": episode.box_jitter,
+                         "val_prompting": episode.prompting_for(name).value, "models_dir": str(provider.models_dir)}
             task = lib.trainers.tool_interactive.ToolInteractiveTrain(
                 provider.bundle, self.agent_labels, backend=name, overrides=overrides)
             trainers[task.name] = task

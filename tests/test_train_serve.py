@@ -69,7 +69,7 @@ def test_a_changed_recipe_value_is_caught(tmp_path):
 
 # -- the app: one settings object for infer and train -------------------------------------------------------
 CONF = {"ct_window": "50,350", "max_turns": "3", "local_radius": "0.3", "box_jitter": "0.05",
-        "prompting": '{"litemedsam": "all_logits"}', "backends": "litemedsam"}
+        "prompting": '{"litemedsam": "all_logits"}', "backends": "litemedsam", "encoder_runtime": "torch"}
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +100,26 @@ def test_the_app_serves_and_trains_with_one_settings_object(app):
     tool_train = app._trainers["litemedsam_interactive"].overrides
     assert tool_train["ct_window"] == [50.0, 350.0] and tool_train["box_jitter"] == 0.05
     assert tool_train["val_prompting"] == "all_logits"
+
+
+def test_the_served_encoder_runtime_reaches_every_litemedsam_encoder(app, monkeypatch):
+    """--conf encoder_runtime (not the default "auto" here) runs LiteMedSAM's image encoder wherever the app
+    builds one: the direct and agent infer tasks and the agent trainers (one provider), and the segmenter
+    fine-tuning's validation and embedding pass (its own backend, built from train.json)."""
+    import lib.learning.segmenter.finetune as finetune
+
+    provider = app._providers["litemedsam"]
+    assert provider._config().get_parsed_content("encoder_runtime") == "torch"
+    for name in ("agent", "agent_handoff", "litemedsam"):
+        assert app._infers[name].provider is provider, name
+    for name in ("agent_sft", "agent_rl"):
+        assert app._trainers[name].provider is provider, name
+    cfg = app._trainers["litemedsam_interactive"]._parser().get_parsed_content("train_config")
+    assert cfg.encoder_runtime == "torch"
+    built = {}
+    monkeypatch.setattr(finetune, "make_backend", lambda name, **kw: built.update(kw, name=name) or object())
+    finetune.ToolFinetuner(cfg)
+    assert built["name"] == "litemedsam" and built["encoder_runtime"] == "torch"
 
 
 def test_in_server_trainers_pass_the_served_settings(app, monkeypatch, tmp_path, sample_data):

@@ -43,6 +43,7 @@ class AppConf:
         device: "cpu" or "cuda[:n]" for the tools.
         threads: torch intra-op threads (0 = torch default).
         encoder_runtime: LiteMedSAM image-encoder runtime: auto (fastest installed) | torch | onnxruntime | openvino.
+            Every LiteMedSAM the app builds uses it: the infer tasks, the agent trainers, litemedsam_interactive.
         session_cache_mb: memory for cached slice embeddings (LRU), MiB.
         sam2_checkpoint / sam2_config: user-supplied SAM 2.1 checkpoint and Hydra config.
         medsam2_checkpoint: user-supplied MedSAM2_latest.pt.

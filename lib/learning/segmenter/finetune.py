@@ -186,7 +186,8 @@ class ToolFinetuner:
         if config.threads:
             torch.set_num_threads(config.threads)
         torch.manual_seed(config.seed)
-        self.backend = backend or make_backend(config.backend, checkpoint=config.checkpoint, device=config.device)
+        self.backend = backend or make_backend(config.backend, checkpoint=config.checkpoint, device=config.device,
+                                               encoder_runtime=config.encoder_runtime)
         self.on_validation = on_validation
 
     def _validate(self, val: SliceSet) -> dict[str, Any]:
