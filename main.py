@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 from fastapi import HTTPException
+from monailabel.config import settings
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
@@ -19,6 +20,7 @@ import lib.agent.policies.store
 import lib.configs.app_conf
 import lib.configs.labels
 import lib.configs.policy
+import lib.datastore.dicomweb
 import lib.infers.agent
 import lib.infers.errors
 import lib.infers.interactive
@@ -158,6 +160,8 @@ class MedSAMAgentApp(MONAILabelApp):
         image = request.get("image")
         ds = datastore or self.datastore()
         if isinstance(image, str) and not os.path.exists(image) and image not in ds.list_images():
+            if isinstance(ds, lib.datastore.dicomweb.AgentDICOMwebDatastore):
+                raise HTTPException(status_code=404, detail=ds.describe_missing(image))
             raise HTTPException(status_code=404, detail=f"image {image!r} is not in the datastore; "
                                 "list images with GET /datastore/?output=all or upload it first")
         res = super().infer(request, datastore)
@@ -166,6 +170,18 @@ class MedSAMAgentApp(MONAILabelApp):
             ds.update_image_info(image, lib.activelearning.agent_turns.agent_info([res["params"]],
                                                                                   ds.get_image_info(image)))
         return res
+
+    def _init_dicomweb_datastore(self):
+        """``--studies http(s)://.../dicom-web``: MONAI Label's DICOMweb datastore, made to read compressed series,
+        list CT and MR, keep label values through DICOM SEG and answer clear errors (lib/datastore/dicomweb.py)."""
+        self._download_dcmqi_tools()
+        cache = (settings.MONAI_LABEL_DICOMWEB_CACHE_PATH or "").strip() or None
+        logger.info("DICOMweb datastore %s (cache %s)", self.studies, cache or "~/.cache/monailabel/dicom")
+        return lib.datastore.dicomweb.AgentDICOMwebDatastore(self.studies, self.agent_labels, cache_path=cache)
+
+    def _download_dcmqi_tools(self):
+        """dcmqi (DICOM SEG writer) from the PyPI package ``dcmqi``; MONAI Label would download it from GitHub."""
+        logger.info("DICOM SEG writer: %s", lib.datastore.dicomweb.ensure_dcmqi())
 
     def warn_settings(self, backend: str, weights: dict) -> None:
         """Log when adapted segmenter weights were trained under other episode settings than those served."""

@@ -23,12 +23,13 @@ def free_port() -> int:
 class Server:
     """``python -m monailabel.main start_server`` on 127.0.0.1, offline, logging to a file."""
 
-    def __init__(self, studies: Path, conf: dict[str, str] | None = None, log: Path | None = None,
+    def __init__(self, studies: Path | str, conf: dict[str, str] | None = None, log: Path | None = None,
                  env: dict[str, str] | None = None) -> None:
-        self.studies = Path(studies)
+        # a folder, or a DICOMweb URL (``http://.../dicom-web``: then pass ``log``)
+        self.studies = studies if str(studies).startswith(("http://", "https://")) else Path(studies)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = Path(log or self.studies.parent / f"server-{self.port}.log")
+        self.log = Path(log or Path(self.studies).parent / f"server-{self.port}.log")
         cmd = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(ROOT), "--studies",
                str(self.studies), "--host", "127.0.0.1", "--port", str(self.port)]
         for k, v in (conf or {}).items():

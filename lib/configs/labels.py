@@ -19,7 +19,9 @@ def resolve_labels(conf_labels: dict[str, int], studies: str | Path) -> dict[str
         return dict(sorted(conf_labels.items(), key=lambda kv: kv[1]))
     ds = Path(studies) / "dataset.json" if studies and Path(str(studies)).is_dir() else None
     if ds is None or not ds.is_file():
-        logger.warning("no --conf labels and no %s: using a single 'foreground' label", ds)
+        where = f"no {ds}" if ds is not None else f"the studies {str(studies)!r} are not a folder with a dataset.json"
+        logger.warning("no --conf labels and %s: using a single 'foreground' label (pass --conf labels "
+                       "'{\"liver\": 1, ...}' to name yours)", where)
         return {"foreground": 1}
     raw = json.loads(ds.read_text()).get("labels", {})
     try:

@@ -1,0 +1,1 @@
+"""Datastore adapters (outer ring: they import monailabel)."""
