@@ -98,6 +98,7 @@ def stage_trajectories(args: argparse.Namespace, studies: Path, tool, labels: di
     from lib.data.dataset import Dataset
     from lib.learning.policy.data import expert_trajectories
     from lib.learning.policy.sft import SFTConfig
+    from lib.learning.policy.volume_data import VolumeStarts, volume_expert_trajectories
     from lib.learning.recipe import load_recipe
 
     path = args.work / "trajectories.jsonl"
@@ -106,6 +107,8 @@ def stage_trajectories(args: argparse.Namespace, studies: Path, tool, labels: di
         path.unlink(missing_ok=True)
         times.unlink(missing_ok=True)
     cfg = sft_config(args, load_recipe)(SFTConfig).data
+    volume_starts = cfg.volume
+    cfg.volume = VolumeStarts(sources=())  # the slice passes; volume start states get their own pass and file
     ds = Dataset.from_dir(studies)
     repair_tail(path)
     done = {t.case_id for t in read_jsonl(path)} if path.is_file() else set()
@@ -147,16 +150,38 @@ def stage_trajectories(args: argparse.Namespace, studies: Path, tool, labels: di
             times_extra.write_text(json.dumps({"seconds": spent}))
             logging.info("extra trajectories: case %s -> %d kept in %.0f s", case.case_id, len(trajs),
                          time.perf_counter() - t0)
+    if volume_starts.enabled:
+        vpath, vtimes = args.work / "trajectories_volume.jsonl", args.work / "trajectories_volume_time.json"
+        if "trajectories" in args.force:
+            vpath.unlink(missing_ok=True)
+            vtimes.unlink(missing_ok=True)
+        repair_tail(vpath)
+        done = {t.case_id for t in read_jsonl(vpath)} if vpath.is_file() else set()
+        spent = json.loads(vtimes.read_text())["seconds"] if vtimes.is_file() else 0.0
+        for case in ds.cases(cfg.split):
+            if case.case_id in done:
+                continue
+            t0 = time.perf_counter()
+            one = Dataset(root=ds.root, labels=ds.labels, modality=ds.modality, training=[case])
+            trajs = volume_expert_trajectories(one, tool, labels, cfg.episode, volume_starts, split=cfg.split,
+                                               seed=cfg.seed, expert=cfg.expert_config())
+            write_jsonl(vpath, trajs, append=True)
+            spent += time.perf_counter() - t0
+            vtimes.write_text(json.dumps({"seconds": spent}))
+            logging.info("volume trajectories: case %s -> %d in %.0f s", case.case_id, len(trajs),
+                         time.perf_counter() - t0)
     return path
 
 
 def trajectory_files(args: argparse.Namespace) -> list[Path]:
-    return [p for p in (args.work / "trajectories.jsonl", args.work / "trajectories_extra.jsonl") if p.is_file()]
+    return [p for p in (args.work / "trajectories.jsonl", args.work / "trajectories_extra.jsonl",
+                        args.work / "trajectories_volume.jsonl") if p.is_file()]
 
 
 def trajectory_seconds(args: argparse.Namespace) -> float:
     return sum(json.loads(p.read_text())["seconds"] for p in (args.work / "trajectories_time.json",
-                                                              args.work / "trajectories_extra_time.json")
+                                                              args.work / "trajectories_extra_time.json",
+                                                              args.work / "trajectories_volume_time.json")
                if p.is_file())
 
 

@@ -264,7 +264,8 @@ def evaluate_target(tool: Tool, policy: PolicyLike, volume: np.ndarray, gt: np.n
 
 
 # -- a dataset ----------------------------------------------------------------------------------------------
-def _load_case(dataset: Dataset, case: Case):
+def load_case(dataset: Dataset, case: Case):
+    """(image ``Volume``, (K, J, I) integer label array) of a 3D case; ValueError for a 2D or unlabelled case."""
     vague = {None, "unknown", "mixed"}
     modality = case.modality or (dataset.modality if dataset.modality not in vague else None)
     vol = load_image(case.image_path, modality=modality)
@@ -322,7 +323,7 @@ def evaluate_volumes(dataset: Dataset | str | Path, tool: Tool, policy: PolicyLi
     t0 = time.perf_counter()
     cases = ds.cases(split)[: max_cases if max_cases else None]
     for case in cases:
-        vol, lab = _load_case(ds, case)
+        vol, lab = load_case(ds, case)
         win = windowing(vol.modality)
         pixels = None
         for v in values:

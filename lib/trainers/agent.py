@@ -74,7 +74,17 @@ class AgentTrainTask(TrainTask):
         self.stats_path = self.policy_dir.parent / f"{self.name}_stats.json"
 
     def config(self) -> dict[str, Any]:
-        return {"max_slices_per_case": 8, "seed": 0}
+        # volume_slices_per_target: propagated slices per (image, label) whose start states the policy also
+        # learns from (the states the volume agent meets when it serves); 0 = slice episodes only
+        return {"max_slices_per_case": 8, "volume_slices_per_target": 4, "seed": 0}
+
+    def volume_starts(self, req: dict[str, Any]):
+        from lib.learning.policy.volume_data import VolumeStarts
+
+        n = int(req["volume_slices_per_target"])
+        if n < 0:
+            raise HTTPException(status_code=422, detail=f"volume_slices_per_target must be >= 0 (0 = off), got {n}")
+        return VolumeStarts(max_slices_per_target=n) if n else VolumeStarts(sources=())
 
     def stats(self) -> dict[str, Any]:
         try:
@@ -151,6 +161,7 @@ class AgentSFTTask(AgentTrainTask):
     def train(self, req, dataset, out, progress):
         from lib.learning.policy.data import TrajectoryConfig, expert_trajectories
         from lib.learning.policy.sft import SFTConfig, train_sft
+        from lib.learning.policy.volume_data import volume_expert_trajectories
 
         samples = self.samples(req, dataset)
         data = TrajectoryConfig(episode=self.settings, seed=int(req["seed"]))
@@ -158,11 +169,16 @@ class AgentSFTTask(AgentTrainTask):
                            **({"steps": int(req["steps"])} if req.get("steps") else {}))
         trajectories = expert_trajectories(samples, self.provider.tool, self.targets(req), config=data,
                                            progress=progress)
+        volume = volume_expert_trajectories(dataset, self.provider.tool, self.targets(req), self.settings,
+                                            self.volume_starts(req), seed=data.seed, expert=data.expert_config(),
+                                            progress=progress)
+        trajectories += volume
         if not trajectories:
             raise HTTPException(status_code=422, detail="the labelled images gave no usable expert trajectories "
                                 "(targets too small or labels not in the app's label set)")
         stats = train_sft(config, trajectories, out, self.labels, progress=progress, images=samples)
-        return {"n_slices": len(samples), "n_trajectories": len(trajectories), **stats}
+        return {"n_slices": len(samples), "n_trajectories": len(trajectories),
+                "n_volume_trajectories": len(volume), **stats}
 
 
 class AgentRLTask(AgentTrainTask):
@@ -179,7 +195,8 @@ class AgentRLTask(AgentTrainTask):
         if not (self.policy_dir / "policy.json").is_file():
             raise HTTPException(status_code=422, detail="agent_rl starts from the SFT policy: run agent_sft first")
         samples = self.samples(req, dataset)
-        config = RLConfig(seed=int(req["seed"]), episode=self.settings,
+        config = RLConfig(seed=int(req["seed"]), episode=self.settings, volume=self.volume_starts(req),
                           **({"steps": int(req["steps"])} if req.get("steps") else {}))
-        stats = train_grpo(config, samples, self.provider.tool, self.policy_dir, out, progress=progress)
+        stats = train_grpo(config, samples, self.provider.tool, self.policy_dir, out, progress=progress,
+                           volumes=dataset)
         return {"n_slices": len(samples), **stats}

@@ -18,8 +18,9 @@ from serverproc import Server
 
 pytestmark = pytest.mark.server
 
-#: a short SFT run: enough for the liver on the sample phantoms, small enough for CI on 2 cores
-SFT = {"steps": 300, "max_slices_per_case": 8, "seed": 0, "labels": ["liver"]}
+#: a short SFT run: enough for the liver on the sample phantoms, small enough for CI on 2 cores; two volume start
+#: states per image (each costs the encodes of a propagation through the liver)
+SFT = {"steps": 300, "max_slices_per_case": 8, "volume_slices_per_target": 2, "seed": 0, "labels": ["liver"]}
 
 
 def ijk(path) -> np.ndarray:
@@ -96,6 +97,7 @@ def test_sft_from_the_server_then_the_agent_segments_without_restart(agent_serve
     info = MONAILabelClient(agent_server.url).info()
     stats = info["train_stats"]["agent_sft"]
     assert stats["status"] == "done" and stats["n_images"] >= 2, stats
+    assert stats["n_volume_trajectories"] >= 2 * stats["n_images"], stats  # the states the volume agent meets
     assert info["agent"]["trained"] is True
     client = MONAILabelClient(agent_server.url, tmpdir=str(tmp_path))
     image_id, label_path = labelled(agent_server.studies)[0]
@@ -151,7 +153,8 @@ def test_a_crash_mid_training_leaves_the_served_policy_and_datastore(agent_serve
     image_id, label_path = labelled(agent_server.studies)[0]
     k, _ = liver_slice(label_path)
     out0, _ = client.infer("agent", image_id, {"label": "liver", "slice": k})
-    r = post_json(agent_server, "/train/agent_sft", {**SFT, "debug_fail_at_step": 5}, run_sync="true")
+    r = post_json(agent_server, "/train/agent_sft", {**SFT, "volume_slices_per_target": 0, "debug_fail_at_step": 5},
+                  run_sync="true")
     assert r.status_code >= 400
     assert agent_server.alive()
     assert fingerprint(agent_server.policy_dir) == before_policy

@@ -32,6 +32,7 @@ from lib.agent.trajectories import Trajectory
 from lib.data.dataset import Case, Dataset, SliceSample, iter_slices
 from lib.data.io import load_image
 from lib.data.slices import volume_slice
+from lib.learning.policy.volume_data import VolumeStarts, volume_expert_trajectories
 from lib.learning.recipe import help_field
 from lib.tools.base import Tool
 from lib.tools.cache import SessionCache
@@ -69,6 +70,9 @@ class TrajectoryConfig:
     strategy: str = help_field(f"expert strategy: one of {', '.join(STRATEGIES)}", "hybrid")
     rebox_margins: tuple[int, ...] = help_field("box redraw margins tried after the clicks (pixels)", (0, 2))
     session_cache_mb: int = help_field("memory for cached tool sessions (4 MiB per LiteMedSAM slice)", 256)
+    volume: VolumeStarts = help_field(
+        "volume start states (propagated boxes on the slices after a volume's seed slice) the expert also plays "
+        "from, on the 3D cases of the split: the states the served volume agent meets", factory=VolumeStarts)
 
     def __post_init__(self) -> None:
         self.rebox_margins = tuple(int(m) for m in self.rebox_margins)
@@ -82,6 +86,8 @@ class TrajectoryConfig:
             raise ValueError(f"TrajectoryConfig.session_cache_mb must be >= 8, got {self.session_cache_mb}")
         if isinstance(self.episode, Mapping):
             self.episode = EpisodeSettings(**self.episode)
+        if isinstance(self.volume, Mapping):
+            self.volume = VolumeStarts(**self.volume)
         if not isinstance(self.episode, EpisodeSettings):
             raise TypeError(f"TrajectoryConfig.episode must be EpisodeSettings, got {type(self.episode).__name__}")
         self.expert_config()
@@ -163,7 +169,10 @@ def expert_trajectories(dataset_or_samples: DataSource, tool: Tool, labels: Mapp
         should_stop: polled between targets; True ends generation early (what was kept is returned).
 
     Returns:
-        The kept trajectories (pruned ones, where no action helped, are dropped), in target order.
+        The kept trajectories (pruned ones, where no action helped, are dropped), in target order; then, from
+        a dataset with 3D cases and ``config.volume`` on, the expert's episodes from volume start states
+        (``lib.learning.policy.volume_data``; none pruned: stopping at once on a right propagated slice is
+        their lesson).
     """
     cfg = getattr(config, "data", config) or TrajectoryConfig()
     if not isinstance(cfg, TrajectoryConfig):
@@ -188,6 +197,10 @@ def expert_trajectories(dataset_or_samples: DataSource, tool: Tool, labels: Mapp
         elif n % 10 == 0:
             bar.set_postfix(kept=len(kept), refresh=False)
     logger.info("expert_trajectories: %d kept from %d targets (%d encodes)", len(kept), len(targets), cache.misses)
+    if cfg.volume.enabled and isinstance(dataset_or_samples, (Dataset, str, Path)):
+        kept += volume_expert_trajectories(dataset_or_samples, tool, labels, cfg.episode, cfg.volume,
+                                           split=cfg.split, seed=cfg.seed, expert=cfg.expert_config(),
+                                           progress=progress, should_stop=should_stop)
     return kept
 
 

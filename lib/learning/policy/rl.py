@@ -1,7 +1,9 @@
 """GRPO for the compact policy: group-relative policy optimisation on the segmentation environment.
 
 One step draws ``groups_per_step`` start states (a training slice and target; in hand-off mode also the
-user's jittered box, the same for the whole group) and plays ``group_size`` (G) sampled episodes from
+user's jittered box, the same for the whole group; or, with ``volume_fraction``, a volume start state: a slice
+of a 3D training case after its seed slice with the box propagation gave it, ``lib.learning.policy.volume_data``)
+and plays ``group_size`` (G) sampled episodes from
 each with ``lib.agent.rollout.rollout`` in ``SegmentationEnv``. An episode's reward is the environment's
 episode reward (``lib.agent.rewards``, the reference's by default: format + clipped quality with overshoot,
 turn cost and improvement bonus), so RL optimises exactly what the reward module defines.
@@ -49,6 +51,7 @@ from lib.data.dataset import Case, Dataset, SliceSample, split_cases
 from lib.learning.curves import plot_curves, smooth
 from lib.learning.loop import BestState, LoopConfig, MetricLog, TrainLoop, seeded, torch_threads
 from lib.learning.policy.data import DataSource, iter_targets, slice_key
+from lib.learning.policy.volume_data import VolumeStarts, volume_start_states
 from lib.learning.recipe import help_field, to_dict
 from lib.tools.base import Tool
 from lib.tools.cache import SessionCache
@@ -77,6 +80,12 @@ class RLConfig:
         "is close to what the greedy policy would draw and the group compares stop vs refine fairly", 0.5)
     grad_clip: float = help_field("max global gradient norm [1.0]", 1.0)
     handoff_fraction: float = help_field("share of start states that begin with a user's jittered box", 0.75)
+    volume_fraction: float = help_field(
+        "share of start states that are volume start states (a slice of a 3D training case after the seed slice, "
+        "starting from its propagated box, as the served volume agent meets it); the rest are split by "
+        "handoff_fraction. Needs a dataset with 3D cases (ignored for slice samples)", 0.3)
+    volume: VolumeStarts = help_field("which volume start states (sources, slices per target)",
+                                      factory=VolumeStarts)
     episode: EpisodeSettings = help_field(
         "how episodes are played (prompting, local merge, turn budget with the hand-off box included, CT window, "
         "hand-off box jitter); default: what the app serves", factory=EpisodeSettings)
@@ -105,7 +114,9 @@ class RLConfig:
             raise ValueError("RLConfig.group_size must be >= 2: advantages are relative to the group")
         if not 0 < self.clip_ratio < 1:
             raise ValueError(f"RLConfig.clip_ratio must be in (0, 1), got {self.clip_ratio}")
-        for name in ("handoff_fraction", "val_fraction"):
+        if isinstance(self.volume, Mapping):
+            self.volume = VolumeStarts(**self.volume)
+        for name in ("handoff_fraction", "val_fraction", "volume_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"RLConfig.{name} must be in [0, 1], got {getattr(self, name)}")
         if self.val_fraction >= 1.0:
@@ -161,16 +172,23 @@ def expected_reward(policy: CompactPolicy, env: SegmentationEnv, options: Mappin
 
 
 def evaluate_greedy(policy: CompactPolicy, env: SegmentationEnv, slices: Slices, targets: Sequence[SliceSample],
-                    handoff: bool, seed: int, jitter: float) -> dict[str, float]:
-    """Greedy policy on fixed targets: mean reward, final Dice, executed actions (hand-off box included)."""
+                    handoff: bool, seed: int, jitter: float,
+                    boxes: Sequence[Any] | None = None) -> dict[str, float]:
+    """Greedy policy on fixed targets: mean reward, final Dice, executed actions (hand-off box included).
+
+    ``boxes`` (one per target) are the start boxes to use instead of jittered hand-off boxes (volume start
+    states: the propagated box)."""
     greedy, recording = policy.greedy, policy.recording
     policy.greedy, policy.recording = True, False
     rewards, dices, turns = [], [], []
     try:
-        for s in targets:
+        for i, s in enumerate(targets):
             key = (s.case_id, s.slice_index, s.label_name)
             ep_seed = episode_seed(seed, *key)
-            box = jittered_box(s.gt, np.random.default_rng(ep_seed), jitter) if handoff else None
+            if boxes is not None:
+                box = boxes[i]
+            else:
+                box = jittered_box(s.gt, np.random.default_rng(ep_seed), jitter) if handoff else None
             traj = play(env, policy, slices.options(s), ep_seed, box)
             rewards.append(traj.reward)
             dices.append(traj.final_dice)
@@ -191,16 +209,41 @@ def _targets(samples: Any, labels: Mapping[str, int], config: RLConfig) -> list[
 def _split_targets(targets: list[SliceSample], config: RLConfig) -> tuple[list[SliceSample], list[SliceSample]]:
     """Held-out validation CASES, drawn like SFT's (``split_cases`` with the same seed and fraction), so an
     SFT -> RL pipeline with equal seeds validates both stages on the same cases."""
-    ids = sorted({s.case_id for s in targets})
-    _, val_c = split_cases([Case(image_path=Path(c), label_path=None, case_id=c) for c in ids],
-                           config.val_fraction, config.seed)
-    val_ids = {c.case_id for c in val_c}
+    val_ids = _val_cases({s.case_id for s in targets}, config)
     train = [s for s in targets if s.case_id not in val_ids]
-    val = [s for s in targets if s.case_id in val_ids]
-    if len(val) > config.val_targets:
-        keep = np.unique(np.linspace(0, len(val) - 1, config.val_targets).round().astype(int))
-        val = [val[i] for i in keep]
-    return train, val
+    return train, _thin([s for s in targets if s.case_id in val_ids], config.val_targets)
+
+
+def _val_cases(case_ids: set[str], config: RLConfig) -> set[str]:
+    _, val_c = split_cases([Case(image_path=Path(c), label_path=None, case_id=c) for c in sorted(case_ids)],
+                           config.val_fraction, config.seed)
+    return {c.case_id for c in val_c}
+
+
+def _thin(items: list, n: int) -> list:
+    """``items`` evenly spaced down to ``n``."""
+    if len(items) <= n:
+        return items
+    keep = np.unique(np.linspace(0, len(items) - 1, n).round().astype(int))
+    return [items[i] for i in keep]
+
+
+def _volume_starts(samples: Any, tool: Tool, labels: Mapping[str, int], config: RLConfig,
+                   case_ids: set[str]) -> tuple[list[tuple[SliceSample, Any]], list[tuple[SliceSample, Any]]]:
+    """(training, validation) volume start states: (slice sample, propagated box) pairs of the dataset's 3D
+    cases, split by the same held-out cases as the slice targets; none for slice samples or when off."""
+    if not config.volume_fraction or not config.volume.enabled:
+        return [], []
+    if isinstance(samples, tuple) and len(samples) == 2 and isinstance(samples[0], (Dataset, str, Path)):
+        data, split = samples
+    elif isinstance(samples, (Dataset, str, Path)):
+        data, split = samples, config.split
+    else:
+        return [], []
+    starts = volume_start_states(data, tool, labels, config.episode, config.volume, split=split, seed=config.seed)
+    val_ids = _val_cases(case_ids | {s.case_id for s, _ in starts}, config)
+    train = [(s, b) for s, b in starts if s.case_id not in val_ids]
+    return train, _thin([(s, b) for s, b in starts if s.case_id in val_ids], config.val_targets)
 
 
 def grpo_update(policy: CompactPolicy, ref: CompactPolicy | None, opt: torch.optim.Optimizer,
@@ -258,7 +301,8 @@ def grpo_update(policy: CompactPolicy, ref: CompactPolicy | None, opt: torch.opt
 
 def train_grpo(config: RLConfig, samples: DataSource | tuple[Dataset | str | Path, str], tool: Tool,
                init_dir: str | Path, out_dir: str | Path, progress: Callable[[dict], None] | None = None,
-               should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
+               should_stop: Callable[[], bool] | None = None, *,
+               volumes: Dataset | str | Path | None = None) -> dict[str, Any]:
     """GRPO from the SFT checkpoint in ``init_dir``; the result (policy.pt/json, rl_curves.png,
     rl_history.json) goes to ``out_dir`` (publish it with ``lib.learning.checkpoint.publish``).
 
@@ -269,6 +313,8 @@ def train_grpo(config: RLConfig, samples: DataSource | tuple[Dataset | str | Pat
         tool: the segmenter the policy acts through (the one it will be served with).
         progress: called with ``{"stage": "rl", "step", "steps", "reward", ...}`` after every step.
         should_stop: polled every step; True ends training early (``stats["stopped"]``).
+        volumes: the dataset whose 3D cases (``config.split``) give the volume start states when ``samples``
+            are slice samples (default: ``samples`` itself when it is a dataset).
 
     Returns:
         Stats: ``steps``, ``episodes``, ``reward_first`` / ``reward_last`` (smoothed training reward),
@@ -276,11 +322,12 @@ def train_grpo(config: RLConfig, samples: DataSource | tuple[Dataset | str | Pat
         ``time_s``.
     """
     with torch_threads(config.threads):
-        return _train_grpo(config, samples, tool, init_dir, out_dir, progress, should_stop)
+        return _train_grpo(config, samples, tool, init_dir, out_dir, progress, should_stop, volumes)
 
 
 def _train_grpo(config: RLConfig, samples: Any, tool: Tool, init_dir: str | Path, out_dir: str | Path,
-                progress: Callable[[dict], None] | None, should_stop: Callable[[], bool] | None) -> dict[str, Any]:
+                progress: Callable[[dict], None] | None, should_stop: Callable[[], bool] | None,
+                volumes: Any = None) -> dict[str, Any]:
     t_start = time.perf_counter()
     rng = seeded(config.seed)
     policy = CompactPolicy.load(init_dir, greedy=False, temperature=config.temperature,
@@ -293,11 +340,18 @@ def _train_grpo(config: RLConfig, samples: Any, tool: Tool, init_dir: str | Path
     if not targets:
         raise ValueError(f"no training targets for the policy's labels {sorted(policy.labels)}")
     train, val = _split_targets(targets, config)
+    vol_train, vol_val = _volume_starts(samples if volumes is None else volumes, tool, policy.labels, config,
+                                        {s.case_id for s in targets})
     env = SegmentationEnv(tool, config.env_config(tool_name(tool)))
     slices = Slices(tool, config.session_cache_mb, config.episode)
     opt = torch.optim.AdamW(policy.net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    modes = [m for m, w in (("handoff", config.handoff_fraction), ("autonomous", 1 - config.handoff_fraction)) if w > 0]
-    weights = {"handoff": config.handoff_fraction, "autonomous": 1 - config.handoff_fraction}
+    vf = config.volume_fraction if vol_train else 0.0
+    weights = {"handoff": (1 - vf) * config.handoff_fraction, "autonomous": (1 - vf) * (1 - config.handoff_fraction),
+               "volume": vf if vol_val else 0.0}
+    modes = [m for m, w in weights.items() if w > 0]
+    if vol_train:
+        logger.info("GRPO: %d volume start states (%d validation), %.0f%% of groups", len(vol_train), len(vol_val),
+                    100 * vf)
     log = MetricLog(train=("step", "reward", "turns", "dice"),
                     val=("step", "reward", *(f"{m}_{k}" for m in modes for k in ("reward", "dice", "turns"))))
 
@@ -307,7 +361,12 @@ def _train_grpo(config: RLConfig, samples: Any, tool: Tool, init_dir: str | Path
         per_mode = {}
         total = 0.0
         for m in modes:
-            r = evaluate_greedy(policy, env, slices, val, m == "handoff", config.seed + 7, config.episode.box_jitter)
+            if m == "volume":
+                r = evaluate_greedy(policy, env, slices, [v for v, _ in vol_val], True, config.seed + 7,
+                                    config.episode.box_jitter, boxes=[b for _, b in vol_val])
+            else:
+                r = evaluate_greedy(policy, env, slices, val, m == "handoff", config.seed + 7,
+                                    config.episode.box_jitter)
             per_mode.update({f"{m}_{k}": r[k] for k in ("reward", "dice", "turns")})
             total += weights[m] * r["reward"]
         log.val(step, reward=total, **per_mode)
@@ -326,9 +385,13 @@ def _train_grpo(config: RLConfig, samples: Any, tool: Tool, init_dir: str | Path
         batch: list[dict[str, Any]] = []
         rewards_all, turns_all, dice_all = [], [], []
         for _ in range(config.groups_per_step):
-            sample = train[int(rng.integers(len(train)))]
-            handoff = bool(rng.random() < config.handoff_fraction)
-            box = jittered_box(sample.gt, rng, config.episode.box_jitter) if handoff else None
+            # the volume draw only when there are volume starts, so slice-only runs keep their random stream
+            if vol_train and rng.random() < vf:
+                sample, box = vol_train[int(rng.integers(len(vol_train)))]
+            else:
+                sample = train[int(rng.integers(len(train)))]
+                handoff = bool(rng.random() < config.handoff_fraction)
+                box = jittered_box(sample.gt, rng, config.episode.box_jitter) if handoff else None
             options = slices.options(sample)
             group, rewards = [], []
             for _ in range(config.group_size):
@@ -387,6 +450,8 @@ def _train_grpo(config: RLConfig, samples: Any, tool: Tool, init_dir: str | Path
         "best_step": best.step if (config.keep_best and val) else n_steps,
         "n_train_targets": len(train),
         "n_val_targets": len(val),
+        "n_volume_starts": len(vol_train),
+        "n_val_volume_starts": len(vol_val),
         "encodes": slices.cache.misses,
         "stopped": loop.stopped,
         "budget_hit": loop.budget_hit,
@@ -409,6 +474,7 @@ def _train_grpo(config: RLConfig, samples: Any, tool: Tool, init_dir: str | Path
                       "metrics": {"val_best": stats["val_best"], "val_init": stats["val_init"],
                                   "reward_first": stats["reward_first"], "reward_last": stats["reward_last"]},
                       "data": {"train_targets": len(train), "val_targets": len(val),
+                               "volume_starts": len(vol_train), "val_volume_starts": len(vol_val),
                                "backend": tool_name(tool)},
                       "seed": config.seed, "config": to_dict(config),
                       "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})

@@ -113,17 +113,26 @@ class States:
 
 
 def trajectory_states(trajs: Sequence[Trajectory], label_index: Callable[[str], int], config: CompactConfig) -> States:
-    """Every decision of every trajectory as a ``States`` entry (invalid actions are skipped)."""
+    """Every decision of every trajectory as a ``States`` entry (invalid actions are skipped).
+
+    The first ``policy_meta["handoff_actions"]`` actions of a trajectory were given, not decided (a user's
+    hand-off prompt, a volume's propagated box): they build the state but are not imitated."""
     st = States()
     for traj in trajs:
         shape = tuple(traj.shape)
         masks = traj.mask_arrays()
         label = label_index(traj.label)
+        given = int(traj.policy_meta.get("handoff_actions", 0))
         executed, issued, prefix = 0, 0, []
-        for a in traj.actions:
+        for n, a in enumerate(traj.actions):
             if "invalid" in a:
                 issued += 1
                 prefix.append(a)
+                continue
+            if n < given:
+                prefix.append(a)
+                issued += 1
+                executed += 1
                 continue
             code = encode_action(a, shape, config)
             st.keys.append(traj_key(traj))
