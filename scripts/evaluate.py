@@ -20,6 +20,14 @@ max 20), a property of the tool on each target reported alongside.
 Outputs in ``--out``: ``results.json`` (summary keys, ``baselines``, ``per_label``, ``rows``), ``report.md``,
 ``dice_vs_turn.png`` and ``turns_strip.png``.
 
+``--scope volume`` evaluates whole-volume episodes instead (``lib.agent.volume_eval``): for every (3D case,
+label) of the split, one hand-off box on the label's largest slice (``--seed-slice``), propagation through the
+volume with the policy reviewing every slice, 3D Dice and NSD, corrective actions, seconds and encoder calls per
+volume, beside the baselines ``propagation`` (no agent), ``expert`` (the oracle driving the same propagation) and
+``oracle_box`` (the ground-truth box on every slice). ``--policy box`` is plain propagation there. Outputs:
+``results.json`` (``scope: "volume"``, ``final_dice3d``, ``per_label``, ``baselines``, ``rows``), ``report.md``,
+``dice3d_per_label.png``, ``actions_per_slice.png``.
+
 Policies come from ``lib.agent.evaluation.POLICIES``: expert, box, ellipse, compact (``--checkpoint DIR``) and
 vlm (``--checkpoint`` = a local Qwen3-VL / Qwen2.5-VL folder). The loop, the scoring and the report live in
 ``lib.agent.evaluation`` / ``lib.agent.eval_report``; this script only parses arguments. Episodes follow the
@@ -39,8 +47,10 @@ import time  # noqa: E402
 
 from lib.agent.eval_report import plot_dice_vs_turn, plot_strip, strips, write_report  # noqa: E402
 from lib.agent.evaluation import POLICIES, PolicyContext, Run, evaluate_targets, slice_results  # noqa: E402
+from lib.agent.policies.base import StopPolicy  # noqa: E402
 from lib.agent.rollout import SCRIPT_BACKENDS, load_backend  # noqa: E402
 from lib.agent.settings import add_episode_args, episode_from_args  # noqa: E402
+from lib.agent.volume_eval import BASELINES, SEED_RULES, evaluate_volumes, write_outputs  # noqa: E402
 from lib.data.dataset import Dataset, iter_slices  # noqa: E402
 
 
@@ -65,7 +75,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--strip-cases", type=int, default=4, help="targets shown in turns_strip.png")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--device", default="cpu", help="device of the tool and the policy (cpu, cuda[:n])")
+    p.add_argument("--scope", default="slice", choices=("slice", "volume"),
+                   help="slice: one slice per target (default); volume: whole-volume episodes from one box")
+    p.add_argument("--seed-slice", default="largest", choices=SEED_RULES,
+                   help="volume scope: the slice the hand-off box is drawn on")
+    p.add_argument("--baselines", default=",".join(BASELINES),
+                   help=f"volume scope: comma-separated subset of {','.join(BASELINES)}")
     args = p.parse_args(argv)
+    if args.scope == "volume" and args.policy == "ellipse":
+        p.error("--policy ellipse has no volume scope (there is nothing to propagate)")
     args.labels = [s.strip() for s in args.labels.split(",") if s.strip()] if args.labels else None
     if args.policy == "ellipse" and args.mode != "handoff":
         p.error("--policy ellipse needs --mode handoff: the ellipse is inscribed in the user's box")
@@ -81,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     ds = Dataset.from_dir(args.dataset)
     tool = load_backend(args.backend, args.tool_weights, threads=args.threads, device=args.device)
+    if args.scope == "volume":
+        return evaluate_volume_scope(args, ds, tool)
     baselines = ["box", "expert"] + (["ellipse"] if args.mode == "handoff" else [])
     runs = [Run(args.policy, args.mode, args.checkpoint)]
     runs += [Run(b, args.mode) for b in baselines if b != args.policy]
@@ -108,6 +128,39 @@ def main(argv: list[str] | None = None) -> int:
         + ", ".join(f"{b} {s['final_dice']:.3f}" for b, s in results["baselines"].items())
         + f"; results in {args.out}"
     )
+    return 0
+
+
+def evaluate_volume_scope(args: argparse.Namespace, ds: Dataset, tool) -> int:
+    run = Run(args.policy, args.mode, args.checkpoint)
+    ctx = PolicyContext(args.episode, device=args.device)
+    if args.policy == "box":
+        policy = StopPolicy()  # the box, propagated, never corrected: plain propagation
+    elif args.policy == "expert":
+        policy = lambda env: POLICIES["expert"](env, run, None, ctx)  # noqa: E731 - the expert reads its env
+    else:
+        policy = POLICIES[args.policy](None, run, None, ctx)  # checkpoint policies do not hold an environment
+    baselines = [b for b in args.baselines.split(",") if b]
+    t0 = time.perf_counter()
+
+    def show(row):
+        print(f"  {row['case_id']} {row['label']}: {args.policy} {row['dice3d']:.3f}, "
+              + ", ".join(f"{b} {row[f'{b}_dice3d']:.3f}" for b in baselines), flush=True)
+
+    results = evaluate_volumes(ds, tool, policy, split=args.split, labels=args.labels, mode=args.mode,
+                               env_config=args.episode.env_config(args.backend), windowing=args.episode.windowing,
+                               box_jitter=args.episode.box_jitter, seed=args.seed, baselines=baselines,
+                               seed_rule=args.seed_slice, progress=show)
+    if not results["rows"]:
+        raise SystemExit(f"no 3D targets in split {args.split!r} of {args.dataset} (labels {args.labels or 'all'})")
+    results["settings"].update({"checkpoint": args.checkpoint, "tool_weights": args.tool_weights,
+                                "episode": args.episode.record(args.backend)})
+    results["wall_s"] = time.perf_counter() - t0
+    write_outputs(results, args.out)
+    print(f"{args.policy} ({args.mode}, volume, {args.backend}): 3D Dice {results['final_dice3d']:.3f} on "
+          f"{results['n_targets']} targets; baselines "
+          + ", ".join(f"{b} {s['final_dice3d']:.3f}" for b, s in results["baselines"].items())
+          + f"; results in {args.out}")
     return 0
 
 

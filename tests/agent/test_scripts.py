@@ -117,6 +117,29 @@ def test_evaluate_autonomous_box_and_ellipse_in_process(tiny_dataset, tmp_path):
         evaluate.parse_args(["--dataset", "x", "--policy", "ellipse", "--out", "y"])
 
 
+def test_evaluate_volume_scope_with_baselines(tiny_dataset, tmp_path):
+    evaluate = _load("evaluate.py")
+    out = tmp_path / "volume"
+    assert evaluate.main(["--dataset", str(tiny_dataset), "--scope", "volume", "--policy", "expert", "--mode",
+                          "handoff", "--backend", "fake", "--out", str(out), "--labels", "organ,kidney",
+                          "--baselines", "propagation,oracle_box"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["scope"] == "volume" and res["n_targets"] == 4  # 2 test cases x 2 labels
+    assert set(res["baselines"]) == {"propagation", "oracle_box"} and set(res["per_label"]) == {"organ", "kidney"}
+    assert set(res["per_label"]["organ"]) >= {"dice3d", "nsd", "actions", "seconds", "n"}
+    # the expert drives the same propagation from the same box: never below it on these clean phantoms
+    assert res["final_dice3d"] >= res["baselines"]["propagation"]["final_dice3d"] - 1e-9
+    assert res["settings"]["episode"]["max_turns"] == 5 and (out / "dice3d_per_label.png").is_file()
+    box = tmp_path / "box"
+    assert evaluate.main(["--dataset", str(tiny_dataset), "--scope", "volume", "--policy", "box", "--mode",
+                          "handoff", "--backend", "fake", "--out", str(box), "--labels", "kidney",
+                          "--baselines", "propagation"]) == 0
+    res = json.loads((box / "results.json").read_text())  # box = plain propagation: the baseline, exactly
+    assert res["final_dice3d"] == pytest.approx(res["baselines"]["propagation"]["final_dice3d"])
+    with pytest.raises(SystemExit):
+        evaluate.parse_args(["--dataset", "x", "--policy", "ellipse", "--scope", "volume", "--out", "y"])
+
+
 def test_generate_trajectories_end_to_end_and_resumes(tiny_dataset, tmp_path):
     out = tmp_path / "traj.jsonl"
     args = ["--dataset", str(tiny_dataset), "--backend", "fake", "--out", str(out), "--split", "test",
