@@ -1,17 +1,19 @@
 #!/usr/bin/env python
 """Rebuild the demo agent policy shipped for the sample studies (``demo/agent_policy``).
 
-It is the compact SFT+GRPO policy of the agent benchmark's recipe, trained on the sample phantoms'
-labelled studies with seed 0 and the real LiteMedSAM weights::
+It is the compact SFT+GRPO policy of the agent benchmark's recipe, trained with seed 0 and the real LiteMedSAM
+weights on the labelled training studies of ``scripts/make_sample_studies.py --real``: the phantoms and the real
+abdominal CT (the real MR stays out: it is the held-out check), on fresh hand-off boxes and on the volume start
+states the served volume agent meets (``lib.learning.policy.volume_data``)::
 
-    python scripts/train_demo_policy.py [--work runs/demo] [--out demo/agent_policy]
+    python scripts/train_demo_policy.py --real [--work runs/demo] [--out demo/agent_policy]
 
 runs the ``data``, ``trajectories``, ``sft`` and ``rl`` stages of ``benchmarks/benchmark.py`` with its defaults
-(prompting ``all`` + local merge 0.5, as the app serves the agent; about 65 min on 2 cores: expert trajectories 35,
-SFT 14, GRPO 15), then copies the GRPO checkpoint to ``--out`` with
+(prompting ``all`` + local merge 0.5, as the app serves the agent; on 2 shared cores about 35 min of slice
+expert trajectories, 20 of volume ones, SFT 25, GRPO 20), then copies the GRPO checkpoint to ``--out`` with
 ``provenance.json`` (command, commit, data, seeds, the SFT/GRPO validation metrics). ``./scripts/serve.sh``
 serves it (``--conf demo_policy true``) until a policy is trained from the server's own labels.
-The demo is only meant for these phantoms; it knows nothing about real anatomy.
+It knows the sample studies' 14 labels; two real scans are far too few to generalise to a hospital's scans.
 """
 
 from __future__ import annotations
@@ -49,7 +51,8 @@ def install(ckpt: Path, out: Path, work: Path, command: list[str]) -> dict:
             shutil.copy2(ckpt / name, out / name)
     meta = json.loads((ckpt / "policy.json").read_text())
     prov = {
-        "what": "demo compact agent policy for the sample phantoms (scripts/make_sample_studies.py --seed 0)",
+        "what": "demo compact agent policy for the sample studies (scripts/make_sample_studies.py --seed 0 --real): "
+                "trained on the phantoms and the real CT, slice and volume start states; the real MR is held out",
         "rebuild": "python scripts/train_demo_policy.py",
         "command": command,
         "commit": commit(),
@@ -60,7 +63,7 @@ def install(ckpt: Path, out: Path, work: Path, command: list[str]) -> dict:
         "labels": meta.get("labels"),
         "parameters": meta.get("parameters"),
         "training": meta.get("provenance"),
-        "evaluation": "BENCHMARKS.md, 'Agent on one slice: compact policy, SFT and GRPO' (held-out test studies)",
+        "evaluation": "BENCHMARKS.md: 'Agent on one slice: real CT and MR' and 'Agent through the volume'",
     }
     (out / "provenance.json").write_text(json.dumps(prov, indent=1, default=str) + "\n")
     return prov
