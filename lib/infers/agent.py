@@ -174,7 +174,10 @@ class AgentInfer(InferTask):
             # slice) and adds the returned label, every slice of it, to the segment
             dimension=2,
             # Slicer shows it in Options (infer, this model) as a choice, the server's default first, and sends it
-            config={"scope": [scope, *(s for s in SCOPES if s != scope)]},
+            config={"scope": [scope, *(s for s in SCOPES if s != scope)],
+                    # the autonomous agent's target, chosen in the viewer's Options (OHIF sends no segment name
+                    # with Auto-Segmentation); empty = the request's own ``label``
+                    **({} if handoff else {"label": ["", *labels]})},
             description=(f"Agent over {provider.name}: your box/clicks on a slice start it, it refines and "
                          f"segments {what} (request scope: volume | slice)"
                          if handoff else f"Agent over {provider.name}: segments the chosen label by itself "
