@@ -149,7 +149,8 @@ def test_a_saved_label_is_a_dicom_seg_in_orthanc_and_trains_agent_sft(dicomweb_s
     assert r.status_code == 404 and "is a SEG series" in r.text, r.text
     # agent_sft trains on it: the datastore reads the SEG back with the label values (1 and 3) on the CT's grid
     r = requests.post(f"{dicomweb_server.url}/train/agent_sft", params={"run_sync": "true"},
-                      json={"steps": 20, "max_slices_per_case": 2, "labels": ["liver", "kidney_left"], "seed": 0},
+                      json={"steps": 20, "max_slices_per_case": 2, "volume_slices_per_target": 0,
+                            "labels": ["liver", "kidney_left"], "seed": 0},
                       timeout=(30, None))
     assert r.status_code == 200, (r.text[:2000], dicomweb_server.tail())
     stats = requests.get(f"{dicomweb_server.url}/info/", timeout=30).json()["train_stats"]["agent_sft"]
