@@ -28,6 +28,13 @@ What differs from it, and why:
   in torch. Parity measured on random hiera-tiny weights: features within ~4e-6 of torch
   (``tests/tools/test_sam2_tool.py``, ``docs/results/encoder_runtime.md``).
 
+Volumes: ``Sam2Tool.volume_memory(K)`` gives a volume episode SAM 2's video memory
+(``lib.tools.sam2_memory``): propagated slices decode from memory-conditioned features instead of the
+image path's ``+ no_mem_embed``. It reads the sessions' feature maps only (``Sam2Session.vision_features``,
+``high_res_features``), so it serves every encoder runtime alike and leaves the image path unchanged; the one
+model flag it adds (``binarize_mask_from_pts_for_mem_enc``, as ``build_sam2_video_predictor``) is read only
+by the memory encoder.
+
 Low-res logits: SAM 2 decodes at ``image_size / 4`` per side (256 at 1024, 128 at 512). ``SegOutput``
 promises (1, 256, 256), so logits from a model whose low-res grid is not 256 are resampled to 256 on
 the way out and back to the model's grid on the way in (see ``_to_contract_logits``).
@@ -66,6 +73,13 @@ _POSTPROCESSING = {
     "model.sam_mask_decoder_extra_args.dynamic_multimask_stability_delta": 0.05,
     "model.sam_mask_decoder_extra_args.dynamic_multimask_stability_thresh": 0.98,
 }
+
+#: what ``build_sam2_video_predictor`` also sets (its ``apply_postprocessing``); only the memory encoder reads it
+#: (``lib.tools.sam2_memory``: a remembered slice's mask is binarised before it is encoded), never the image path
+_VIDEO_POSTPROCESSING = {"model.binarize_mask_from_pts_for_mem_enc": True}
+
+#: low-res logits of a "no object" answer (``sam2.modeling.sam2_base.NO_OBJ_SCORE``)
+NO_OBJ_SCORE = -1024.0
 
 #: where each known checkpoint comes from (shown in MissingCheckpointError; never fetched)
 _SOURCES = {
@@ -238,45 +252,85 @@ class Sam2Session(ToolSession):
             ValueError: no prompt, a prompt off the slice, a bad label, or ill-shaped ``mask_logits``.
         """
         self.validate_prompts(box, points, labels)
-        import torch
-        import torch.nn.functional as F
+        return decode(self._tool, self.shape, self._image_embed, self._high_res_feats, box, points, labels, mask_logits)
 
-        tool = self._tool
-        model = tool.model
-        dev = tool.device
-        h, w = self.shape
-        mask_in = None if mask_logits is None else tool._from_contract_logits(mask_logits)
-        t0 = time.perf_counter()
+    def vision_features(self):
+        """The lowest-resolution map as the backbone gave it, WITHOUT ``no_mem_embed``: (1, 256, S/16, S/16).
+
+        What SAM 2's video path reads (memory attention and memory encoder); the decoder of this session reads
+        ``vision_features() + no_mem_embed`` (the image predictor's single-frame path). Recovered by subtracting
+        ``no_mem_embed`` again (exact up to one float rounding), so sessions stay as they are for every encoder
+        runtime and cost no extra bytes.
+        """
+        import torch
+
+        model = self._tool.model
+        if not model.directly_add_no_mem_embed:
+            return self._image_embed
         with torch.inference_mode():
-            # (x, y) pixels -> the model's square input frame, exactly as SAM2Transforms.transform_coords
-            scale = torch.tensor([tool.image_size / w, tool.image_size / h], dtype=torch.float32, device=dev)
-            coords, labs = [], []
-            if box is not None:
-                coords.append(torch.tensor(box, dtype=torch.float32, device=dev).reshape(2, 2))
-                labs.append(torch.tensor([2, 3], dtype=torch.int32, device=dev))  # box corner labels
-            if len(points):
-                coords.append(torch.tensor(points, dtype=torch.float32, device=dev).reshape(-1, 2))
-                labs.append(torch.tensor([int(v) for v in labels], dtype=torch.int32, device=dev))
-            concat = (torch.cat(coords)[None] * scale, torch.cat(labs)[None])
-            if mask_in is not None:
-                mask_in = mask_in.to(dev)
-            sparse, dense = model.sam_prompt_encoder(points=concat, boxes=None, masks=mask_in)
-            low_res, iou, _, _ = model.sam_mask_decoder(
-                image_embeddings=self._image_embed,
-                image_pe=model.sam_prompt_encoder.get_dense_pe(),
-                sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense,
-                multimask_output=tool.multimask,
-                repeat_image=False,
-                high_res_features=self._high_res_feats,
-            )
-            best = int(torch.argmax(iou[0]))
-            low = low_res[:, best : best + 1].float()  # (1, 1, S/4, S/4)
-            full = F.interpolate(low, (h, w), mode="bilinear", align_corners=False)
-            mask = (full[0, 0] > 0.0).cpu().numpy()
-            logits = tool._to_contract_logits(torch.clamp(low, -32.0, 32.0))
-            score = float(iou[0, best])
-        return SegOutput(mask=mask, logits=logits, score=score, decoder_ms=(time.perf_counter() - t0) * 1e3)
+            return self._image_embed - model.no_mem_embed.reshape(1, -1, 1, 1)
+
+    @property
+    def high_res_features(self) -> list:
+        """[(1, 32, S/4, S/4), (1, 64, S/8, S/8)]: the decoder's projected high-resolution maps (read only)."""
+        return list(self._high_res_feats)
+
+
+def decode(tool: Sam2Tool, shape: tuple[int, int], image_embed, high_res_feats, box=None, points=(), labels=(),
+           mask_logits=None, gate_absent: bool = False) -> SegOutput:
+    """Prompt encoder + mask decoder on given features (``Sam2Session.predict`` without the prompt checks).
+
+    Args:
+        tool: the model and its frames.
+        shape: (H, W) of the original slice.
+        image_embed: (1, 256, S/16, S/16): the session's embedding (+ ``no_mem_embed``), or memory-conditioned
+            pixel features (``lib.tools.sam2_memory``).
+        high_res_feats: [(1, 32, S/4, S/4), (1, 64, S/8, S/8)].
+        box, points, labels, mask_logits: as ``Sam2Session.predict`` (already validated).
+        gate_absent: where the model has an object-score head (``pred_obj_scores``), an answer whose object score
+            is <= 0 becomes the video predictor's "no object" logits (``NO_OBJ_SCORE``, so an empty mask), as
+            ``SAM2Base._forward_sam_heads`` does; the image predictor ignores the head (False).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    model = tool.model
+    dev = tool.device
+    h, w = shape
+    mask_in = None if mask_logits is None else tool._from_contract_logits(mask_logits)
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        # (x, y) pixels -> the model's square input frame, exactly as SAM2Transforms.transform_coords
+        scale = torch.tensor([tool.image_size / w, tool.image_size / h], dtype=torch.float32, device=dev)
+        coords, labs = [], []
+        if box is not None:
+            coords.append(torch.tensor(box, dtype=torch.float32, device=dev).reshape(2, 2))
+            labs.append(torch.tensor([2, 3], dtype=torch.int32, device=dev))  # box corner labels
+        if len(points):
+            coords.append(torch.tensor(points, dtype=torch.float32, device=dev).reshape(-1, 2))
+            labs.append(torch.tensor([int(v) for v in labels], dtype=torch.int32, device=dev))
+        concat = (torch.cat(coords)[None] * scale, torch.cat(labs)[None])
+        if mask_in is not None:
+            mask_in = mask_in.to(dev)
+        sparse, dense = model.sam_prompt_encoder(points=concat, boxes=None, masks=mask_in)
+        low_res, iou, _, obj_score = model.sam_mask_decoder(
+            image_embeddings=image_embed,
+            image_pe=model.sam_prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=tool.multimask,
+            repeat_image=False,
+            high_res_features=high_res_feats,
+        )
+        best = int(torch.argmax(iou[0]))
+        low = low_res[:, best : best + 1].float()  # (1, 1, S/4, S/4)
+        if gate_absent and model.pred_obj_scores and float(obj_score.reshape(-1)[0]) <= 0.0:
+            low = torch.full_like(low, NO_OBJ_SCORE)
+        full = F.interpolate(low, (h, w), mode="bilinear", align_corners=False)
+        mask = (full[0, 0] > 0.0).cpu().numpy()
+        logits = tool._to_contract_logits(torch.clamp(low, -32.0, 32.0))
+        score = float(iou[0, best])
+    return SegOutput(mask=mask, logits=logits, score=score, decoder_ms=(time.perf_counter() - t0) * 1e3)
 
 
 class Sam2Tool(Tool):
@@ -365,7 +419,7 @@ class Sam2Tool(Tool):
             )
         if "model" not in cfg:
             raise ValueError(f"{self.config_path} has no top-level 'model' section; is it a SAM 2 model config?")
-        overrides: dict[str, Any] = dict(_POSTPROCESSING)
+        overrides: dict[str, Any] = {**_POSTPROCESSING, **_VIDEO_POSTPROCESSING}
         if image_size is not None:
             image_size = int(image_size)
             if image_size < 64 or image_size % 32:
@@ -496,21 +550,41 @@ class Sam2Tool(Tool):
         Returns:
             ``Sam2Session`` holding the embedding on ``self.device``.
         """
+        h, w = np.shape(image)[:2]
+        t0 = time.perf_counter()
+        feats = self.encoder(self.preprocess(image))
+        ms = (time.perf_counter() - t0) * 1e3
+        with self._lock:
+            self.encoder_calls += 1
+        return Sam2Session(self, (h, w), feats[-1], feats[:-1], ms)
+
+    def preprocess(self, image: np.ndarray):
+        """The slice as the model's input: (1, 3, S, S) float32, ImageNet-normalised, on ``self.device``.
+
+        Args:
+            image: as ``start``.
+        """
         import torch
         import torch.nn.functional as F
 
         rgb = to_rgb_uint8(image)
-        h, w = rgb.shape[:2]
-        t0 = time.perf_counter()
         with torch.inference_mode():
             x = torch.tensor(rgb, device=self.device).permute(2, 0, 1).float().div_(255.0)
             # the stretch SAM2Transforms does with torchvision Resize (bilinear, antialias=True)
             x = F.interpolate(
                 x[None], (self.image_size, self.image_size), mode="bilinear", align_corners=False, antialias=True
             )
-            x = (x - self._mean) / self._std
-        feats = self.encoder(x)
-        ms = (time.perf_counter() - t0) * 1e3
-        with self._lock:
-            self.encoder_calls += 1
-        return Sam2Session(self, (h, w), feats[-1], feats[:-1], ms)
+            return (x - self._mean) / self._std
+
+    # ------------------------------------------------------------------ volumes
+
+    def volume_memory(self, num_slices: int):
+        """A fresh memory for one volume episode (``lib.tools.sam2_memory.Sam2VolumeMemory``).
+
+        Args:
+            num_slices: K, slices of the volume along the propagation axis (the object pointers' temporal
+                encoding is scaled by it, as the video predictor's by the number of frames).
+        """
+        from lib.tools.sam2_memory import Sam2VolumeMemory
+
+        return Sam2VolumeMemory(self, num_slices)
