@@ -11,7 +11,11 @@ everywhere else) that share one tool session cache:
    turn 1 of the slice's budget, exactly as a hand-off box does on a slice episode), and, where the backend
    declares ``MASK_INPUT``, the neighbour's final low-resolution logits go along as the dense prompt
    (``DensePromptSession``). The policy then reviews the slice within ``EnvConfig.max_turns``: clicks, a new
-   box, or Stop.
+   box, or Stop. Where the tool offers a volume memory (``tool.volume_memory(K)``: SAM 2.1 / MedSAM2,
+   ``lib/tools/sam2_memory.py``) and ``VolumeConfig.memory`` allows it, the seed slice's final mask is remembered
+   as the conditioning frame, every decode on a propagated slice reads the memory of the seed and of its own
+   direction (``SliceRecord.memory`` lists the slices read), and each kept slice's final mask is remembered in
+   its direction; nothing else changes.
 3. **End of structure** (``end_check``): a direction stops when a slice's final mask is empty
    (< ``min_area`` pixels), collapses (area < ``collapse_fraction`` x the last kept slice's area), or the
    tool's predicted IoU of its answer is < ``min_score``, or the median image value under it moved more than
@@ -100,6 +104,13 @@ class VolumeConfig:
             1 bridges a one-slice gap (a slice of artefact, a partial-volume slice at a thin waist).
         prefetch: encode the next slice of each direction in a worker thread while the current slice is
             decided (one slice ahead per direction).
+        memory: where the tool offers a volume memory (``tool.volume_memory(K)``: SAM 2.1 / MedSAM2,
+            ``lib/tools/sam2_memory.py``), propagate through it: the seed slice's final mask is the conditioning
+            frame, every decode on a propagated slice reads the memory of the seed and of the last slices of its
+            own direction, and each kept slice's final mask is remembered in its direction. These models were
+            trained to track an object through video frames that way (more context than one neighbour's box);
+            a backend without one (LiteMedSAM) ignores it. False = every slice decodes from its own embedding
+            only (the image path), as before.
     """
 
     margin_px: int = 3
@@ -111,6 +122,7 @@ class VolumeConfig:
     max_intensity_shift: float = 0.1
     lookahead: int = 1
     prefetch: bool = True
+    memory: bool = True
 
     def __post_init__(self) -> None:
         for name in ("margin_px", "min_area", "lookahead"):
@@ -231,6 +243,9 @@ class SliceRecord:
             episode).
         session_encoder_s: what computing the slice's embedding cost when it was computed (this run or an
             earlier request): the encoder time a visit stands for.
+        memory: slices whose memories the slice's decodes read (the seed first; ``VolumeConfig.memory``), None =
+            decoded without memory (the seed slice, or a backend without one).
+        memory_s: seconds spent encoding the slice's final mask into the memory (0 without memory).
         mask: (H, W) bool final mask of the slice (also when not kept).
         logits: (1, 256, 256) the tool's last low-res logits on the slice (the next slice's dense prompt).
         trajectory: the slice episode (with ``gt``: IoU/Dice per turn, rewards) for training and scoring.
@@ -257,6 +272,8 @@ class SliceRecord:
     policy_s: float = 0.0
     total_s: float = 0.0
     session_encoder_s: float = 0.0
+    memory: list[int] | None = None
+    memory_s: float = 0.0
     mask: np.ndarray | None = field(default=None, repr=False)
     logits: np.ndarray | None = field(default=None, repr=False)
     trajectory: Trajectory | None = field(default=None, repr=False)
@@ -274,6 +291,7 @@ class SliceRecord:
             "check": self.check, "kept": self.kept, "bridged": self.bridged,
             "encoder_s": self.encoder_s, "encoder_cached": self.encoder_cached, "wait_s": self.wait_s,
             "decoder_s": self.decoder_s, "policy_s": self.policy_s, "total_s": self.total_s,
+            "memory": self.memory, "memory_s": self.memory_s,
         }
 
 
@@ -292,7 +310,9 @@ class VolumeResult:
         timings: ``wall_s`` (the whole run), ``encoder_s`` (encoder seconds this run paid, worker included),
             ``encoder_s_visited`` (encoder seconds of the visited slices' sessions, however they were
             cached), ``wait_s`` (waiting for embeddings), ``decoder_s``, ``policy_s``, ``encoder_calls``
-            (``Tool.start`` calls of this run, prefetched slices never visited included), ``prefetched``.
+            (``Tool.start`` calls of this run, prefetched slices never visited included), ``prefetched``,
+            ``memory_s`` (encoding final masks into the memory).
+        memory: the run propagated through the tool's volume memory (``VolumeConfig.memory``).
     """
 
     mask: np.ndarray
@@ -302,6 +322,7 @@ class VolumeResult:
     slices: list[SliceRecord]
     ends: dict[int, dict[str, Any]]
     timings: dict[str, float]
+    memory: bool = False
 
     @property
     def visited(self) -> list[int]:
@@ -323,7 +344,7 @@ class VolumeResult:
         return {"target": self.target, "seed_slice": self.seed_slice, "handoff": self.handoff,
                 "visited": self.visited, "kept": self.kept, "corrective_actions": self.corrective_actions,
                 "ends": {str(d): dict(e) for d, e in self.ends.items()}, "timings": dict(self.timings),
-                "slices": [s.to_dict() for s in self.slices]}
+                "memory": self.memory, "slices": [s.to_dict() for s in self.slices]}
 
 
 PolicyLike = Policy | Callable[[SegmentationEnv], Policy]
@@ -361,6 +382,7 @@ class VolumeEpisode:
         if not isinstance(self.policy, Policy):
             raise TypeError(f"policy must be a Policy or a factory env -> Policy, got {type(self.policy).__name__}")
         self.dense = self.config.dense_prompt and MASK_INPUT in frozenset(getattr(tool, "capabilities", ()))
+        self.memory = self.config.memory and callable(getattr(tool, "volume_memory", None))
         self._lock = threading.Lock()
 
     # -- the entry point ---------------------------------------------------------------------------------
@@ -402,10 +424,12 @@ class VolumeEpisode:
         neighbour's box + margin and, when dense prompts are on, its logits), so a sampling policy can be rolled
         out G times from the very state a volume episode met (GRPO groups). ``start`` None = the seed-slice
         episode (``prompts`` = hand-off prompts, or none = autonomous). Arguments as in ``run``; the record's
-        ``check`` is not set (there is no previous slice to compare with here).
+        ``check`` is not set (there is no previous slice to compare with here), and the slice is played
+        without volume memory (there are no remembered slices here).
         """
         with self._lock:
             r = _Run(self, volume, target, k, prompts, gt, seed, key, meta)
+            r.memory = None
             return r._slice(int(k), 0 if start is None else int(np.sign(k - start.from_slice)), start)
 
 
@@ -459,6 +483,9 @@ class _Run:
         self.prefetched = 0
         self.session_bytes = 0
         self.pool: ThreadPoolExecutor | None = None
+        # the tool's volume memory (VolumeConfig.memory), and the sessions of visited slices it has yet to remember
+        self.memory = ep.tool.volume_memory(self.K) if ep.memory else None
+        self.unremembered: dict[int, ToolSession] = {}
 
     # -- sessions ------------------------------------------------------------------------------------------
     def _encode(self, k: int) -> ToolSession:
@@ -514,10 +541,15 @@ class _Run:
         if then is not None:
             then()
         cached = k not in self.encoded
+        session_used: ToolSession = session
+        attended = None
+        if self.memory is not None:
+            self.unremembered[k] = session
+            if start is not None:  # the seed is the conditioning frame: it decodes without memory
+                session_used = self.memory.session(k, direction, session)
+                attended = list(session_used.attended)
         if start is not None and start.logits is not None:
-            session_used: ToolSession = DensePromptSession(session, start.logits)
-        else:
-            session_used = session
+            session_used = DensePromptSession(session_used, start.logits)
         prefix: list[Action] = list(self.prompts) if start is None else [start.box]
         agent = Prefixed(prefix, ep.policy) if prefix else ep.policy
         options = {
@@ -544,8 +576,14 @@ class _Run:
             intensity=float(np.median(pixels[mask])) if mask.any() else float("nan"),
             encoder_s=self.encoded.get(k, 0.0), encoder_cached=cached, wait_s=wait_s,
             decoder_s=timings["decoder_ms"] / 1e3, policy_s=timings["policy_ms"] / 1e3,
-            total_s=timings["total_ms"] / 1e3 + wait_s, session_encoder_s=float(session.encoder_ms) / 1e3, mask=mask,
+            total_s=timings["total_ms"] / 1e3 + wait_s, session_encoder_s=float(session.encoder_ms) / 1e3,
+            memory=attended, mask=mask,
             logits=None if last is None else np.asarray(last.logits), trajectory=traj)
+
+    def _remember(self, rec: SliceRecord) -> None:
+        """Encode a kept slice's final mask into the tool's volume memory (the seed's as the conditioning frame)."""
+        if self.memory is not None:
+            rec.memory_s = self.memory.remember(rec.index, rec.direction, self.unremembered.pop(rec.index), rec.mask)
 
     def _start_from(self, rec: SliceRecord) -> SliceStart:
         logits = rec.logits if self.ep.dense else None
@@ -564,6 +602,7 @@ class _Run:
             seed = self._slice(self.k0, 0, None, then=lambda: (self._prefetch(self.k0 + 1),
                                                                 self._prefetch(self.k0 - 1)))
             seed.kept = True
+            self._remember(seed)
             self.seed_intensity = seed.intensity
             records.append(seed)
             out[self.k0] = seed.mask
@@ -589,10 +628,11 @@ class _Run:
             "encoder_calls": int(self.encoder_calls),
             "prefetched": int(self.prefetched),
             "encoded_not_visited": int(sum(1 for k in self.encoded if k not in visited)),
+            "memory_s": float(sum(r.memory_s for r in records)),
         }
         ends = {d.step: d.end for d in dirs}
         return VolumeResult(mask=out, target=self.target, seed_slice=self.k0, handoff=bool(self.prompts),
-                            slices=records, ends=ends, timings=timings)
+                            slices=records, ends=ends, timings=timings, memory=self.memory is not None)
 
     def _advance(self, d: _Direction, out: np.ndarray, records: list[SliceRecord]) -> None:
         """Visit the next slice of direction ``d`` and apply the end rule."""
@@ -610,8 +650,10 @@ class _Run:
             for gap in d.pending:  # the structure goes on past the failing slice(s): keep their own masks
                 gap.kept = gap.bridged = True
                 out[gap.index] = gap.mask
+                self._remember(gap)
             d.pending = []
             rec.kept = True
+            self._remember(rec)
             out[k] = rec.mask
             d.last = rec
             d.next = k + d.step

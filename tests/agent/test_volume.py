@@ -8,6 +8,7 @@ encodes. One integration test runs the real LiteMedSAM.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import numpy as np
@@ -400,3 +401,83 @@ def test_a_change_of_tissue_under_the_mask_ends_a_direction():
     assert next(s for s in res.slices if s.index == 5).intensity == pytest.approx(0.6)
     assert end_check(100, 0.9, 100, cfg, intensity_shift=0.11) == INTENSITY
     assert end_check(100, 0.9, 100, VolumeConfig(max_intensity_shift=1.0), intensity_shift=0.5) is None  # 1.0 = off
+
+
+# -- SAM 2 memory (random hiera-tiny weights at image_size 128: the wiring, not accuracy) ----------------------
+#: an end rule that only stops at empty masks, so random weights still walk several slices in each direction
+WALK = VolumeConfig(min_area=1, collapse_fraction=0.0, min_score=0.0, max_intensity_shift=1.0)
+
+
+@pytest.fixture(scope="module")
+def sam2_tool():
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("sam2")
+    from lib.tools.sam2_tool import Sam2Tool
+
+    torch.manual_seed(0)
+    return Sam2Tool("sam2", image_size=128, allow_random_weights=True, encoder_runtime="torch")
+
+
+class _WithoutMemory(Tool):
+    """The same tool without ``volume_memory``: the path every backend took before the memory hook."""
+
+    def __init__(self, tool):
+        self.tool, self.name, self.capabilities = tool, tool.name, tool.capabilities
+
+    def start(self, image):
+        return self.tool.start(image)
+
+
+def _sam2_run(tool, config, vol, gt):
+    ep = VolumeEpisode(tool, ClickOnce(), EnvConfig(max_turns=3, prompting="all"), config)
+    return ep.run(vol, "disk", seed_slice=3, prompts=[tight_box(gt[3])])
+
+
+def test_sam2_memory_propagates_both_ways_and_encodes_each_slice_once(sam2_tool):
+    from lib.tools.sam2_memory import Sam2MemorySession
+
+    vol, gt = volume([6, 8, 10, 12, 10, 8, 6])
+    seen = []  # the session each decode ran on
+    original = Sam2MemorySession.predict
+
+    def spy(self, *args, **kwargs):
+        seen.append((self.k, self.direction))
+        return original(self, *args, **kwargs)
+
+    before = sam2_tool.encoder_calls
+    Sam2MemorySession.predict = spy
+    try:
+        res = _sam2_run(sam2_tool, WALK, vol, gt)
+    finally:
+        Sam2MemorySession.predict = original
+    assert res.memory and res.to_dict()["memory"] is True
+    assert len(set(res.visited)) == len(res.visited)
+    assert sam2_tool.encoder_calls - before == res.timings["encoder_calls"] <= len(res.visited) + 2
+    seed, propagated = res.slices[0], res.slices[1:]
+    assert seed.memory is None and seed.memory_s > 0  # the conditioning frame: decoded plain, remembered
+    assert {+1, -1} <= {r.direction for r in propagated}
+    for r in propagated:
+        d = r.direction
+        assert r.memory[0] == 3 and all((j - 3) * d > 0 for j in r.memory[1:])  # the seed, then its own side only
+        assert (r.index, d) in seen and seen.count((r.index, d)) == r.turns  # every decode read the memory
+        assert (r.memory_s > 0) == r.kept  # kept slices are remembered, failing ones are not
+        previous = r.index - d
+        if previous != 3 and any(s.index == previous and s.kept for s in res.slices):
+            assert previous in r.memory
+    assert res.timings["memory_s"] == pytest.approx(sum(r.memory_s for r in res.slices))
+    again = _sam2_run(sam2_tool, WALK, vol, gt)  # deterministic
+    assert again.visited == res.visited and np.array_equal(again.mask, res.mask)
+    assert [s.actions for s in again.slices] == [s.actions for s in res.slices]
+
+
+def test_sam2_memory_off_is_the_memoryless_path(sam2_tool):
+    vol, gt = volume([6, 8, 10, 12, 10, 8, 6])
+    off = _sam2_run(sam2_tool, dataclasses.replace(WALK, memory=False), vol, gt)
+    plain = _sam2_run(_WithoutMemory(sam2_tool), WALK, vol, gt)
+    assert not off.memory and all(s.memory is None and s.memory_s == 0 for s in off.slices)
+    assert off.visited == plain.visited and np.array_equal(off.mask, plain.mask)
+    for a, b in zip(off.slices, plain.slices, strict=True):
+        assert a.actions == b.actions and a.score == b.score and np.array_equal(a.logits, b.logits)
+    on = _sam2_run(sam2_tool, WALK, vol, gt)
+    assert on.slices[0].score == off.slices[0].score  # the seed decodes without memory either way
+    assert any(not np.array_equal(a.logits, b.logits) for a, b in zip(on.slices[1:3], off.slices[1:3]))
