@@ -53,7 +53,7 @@ def install(ckpt: Path, out: Path, work: Path, command: list[str]) -> dict:
     prov = {
         "what": "demo compact agent policy for the sample studies (scripts/make_sample_studies.py --seed 0 --real): "
                 "trained on the phantoms and the real CT, slice and volume start states; the real MR is held out",
-        "rebuild": "python scripts/train_demo_policy.py",
+        "rebuild": "python scripts/train_demo_policy.py --real",
         "command": command,
         "commit": commit(),
         "installed_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -1,5 +1,6 @@
-"""The demo policy shipped for the sample studies (issue 5): served out of the box with ``--conf demo_policy
-true`` (what ``./scripts/serve.sh`` passes), it segments a sample CT liver with no training."""
+"""The demo policy shipped for the sample studies: served out of the box with ``--conf demo_policy true`` (what
+``./scripts/serve.sh`` passes), it segments a sample CT liver with no training. Trained on the phantoms and the real
+CT; the real MR is its held-out check."""
 
 from __future__ import annotations
 
@@ -23,7 +24,11 @@ def test_demo_policy_provenance_matches_the_weights():
     prov = json.loads((demo / "provenance.json").read_text())
     assert prov["policy_sha256"] == hashlib.sha256((demo / "policy.pt").read_bytes()).hexdigest()
     assert prov["rebuild"].startswith("python scripts/train_demo_policy.py")
-    assert set(prov["labels"]) == {"liver", "spleen", "kidney_left", "kidney_right", "lesion", "pancreas"}
+    # the phantoms' six labels and the real CT's TotalSegmentator organs (scripts/make_sample_studies.py --real)
+    assert set(prov["labels"]) == {"liver", "spleen", "kidney_left", "kidney_right", "lesion", "pancreas", "stomach",
+                                   "gallbladder", "aorta", "inferior_vena_cava", "portal_vein_and_splenic_vein",
+                                   "duodenum", "colon", "small_bowel"}
+    assert "real_ct_001" in json.dumps(prov["training"]) and "real_mr_001" not in json.dumps(prov["training"])
 
 
 def test_demo_policy_serves_the_agent_without_training(sample_data, tmp_path):

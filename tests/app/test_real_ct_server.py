@@ -59,10 +59,12 @@ def test_handoff_agent_and_direct_litemedsam_on_the_real_ct_liver(real_server, t
     assert res["handoff_actions"] == 1 and res["actions"][0]["type"] == "box"
     assert res["label_names"] == {"liver": liver}
     agent = dice(pred[:, :, k] == liver, gt)
+    print(f"hand-off agent Dice {agent:.3f}, actions {[a['type'] for a in res['actions']]}")
     assert agent >= AGENT_FLOOR, (agent, res)
     assert not (pred[:, :, [i for i in range(pred.shape[2]) if i != k]] > 0).any()  # the one slice asked for
 
     out, res = client.infer("litemedsam", IMAGE, {"foreground": fg, "background": [], "roi": roi, "label": "liver",
                                                   "slice": k})
     direct = dice(ijk(out)[:, :, k] > 0, gt)
+    print(f"direct LiteMedSAM box + click Dice {direct:.3f}")
     assert direct >= DIRECT_FLOOR, (direct, res)
