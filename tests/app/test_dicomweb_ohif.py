@@ -7,11 +7,13 @@ displayed volume (x fastest, then y, then the slices in increasing position alon
 
 - the response must be that volume's grid, voxel for voxel: the series' size, origin, spacing and direction, and
   its slices ascending along the normal (a flipped or transposed array would be drawn flipped, silently);
-- on screen, the agent's slice (``scope: slice``: the middle one, k = K // 2) must show the overlay in the axial
-  viewport, on the liver (the centroid of the drawn pixels within a few voxels of the ground-truth liver's centroid
-  projected by the viewer's own ``worldToCanvas``, nearer to it than to its left-right or front-back mirror), and
-  its mirror slice K - 1 - k (where a flip along the slices would put it) must show none. OHIF's axial counter
-  counts from the head down (``I: 1`` is the most superior image): slice k is ``I: K - k``;
+- the label is on the middle slice (``scope: slice``: k = K // 2) and on the liver there (most of it inside the
+  ground-truth liver: placement, not the agent's Dice, which depends on the policy the session has trained);
+- on screen, the axial image of slice k shows that label where it belongs: about as many drawn pixels as its voxels
+  cover, their centroid within 1.5 voxels of the label's centroid as the viewer projects it (its own
+  ``worldToCanvas``) and nearer to it than to the centroid's left-right or front-back mirror; the mirror slice
+  K - 1 - k (where a flip along the slices would put it) shows none. OHIF's axial counter counts from the head down
+  (``I: 1`` is the most superior image): slice k is ``I: K - k``;
 - a K-flipped or an in-plane-flipped copy of the same response (the bug class of label orientation) fails these
   checks (the same page, the response swapped by the browser's request routing).
 
@@ -42,8 +44,8 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 AXIAL = "mpr-axial"  # the MONAI Label mode's viewport ids (its MPR layout)
 #: a pixel is part of the overlay when a colour channel changed by more than this between before and after
 CHANGED = 40
-#: the drawn overlay's centroid must be this close (in voxels) to the ground-truth liver's
-NEAR_VOXELS = 6.0
+#: the drawn overlay's centroid must be this close (in voxels) to the label's, as the viewer projects it
+NEAR_VOXELS = 1.5
 
 # -- the viewer's state, read with cornerstone3D's own API (window.cornerstone: OHIF exposes it) ------------------
 VIEW_JS = """(id) => {
@@ -91,12 +93,6 @@ def answer_with(body: bytes):
     def handler(route) -> None:
         route.fulfill(status=200, body=body, headers={"content-type": "application/octet-stream"})
     return handler
-
-
-def coloured_pixels(png: bytes) -> int:
-    """Pixels of strong colour (the CT is grey; a segmentation overlay is coloured)."""
-    pixels = rgb(png)
-    return int(((pixels.max(axis=2) - pixels.min(axis=2)) > 60).sum())
 
 
 def rgb(png: bytes) -> np.ndarray:
@@ -182,20 +178,16 @@ class Viewer:
         return np.array(self.page.evaluate(TO_CANVAS_JS, [vp, [list(map(float, p)) for p in points]]))
 
 
-def liver_points(gt_file: Path, liver: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """World (LPS mm) points of slice k of the ground truth: the liver's centroid, its left-right mirror and its
-    front-back mirror (in-plane flips of the label would put the overlay there)."""
-    import SimpleITK as sitk
-
-    img = sitk.ReadImage(str(gt_file))
-    arr = sitk.GetArrayFromImage(img)
-    rows, cols = arr.shape[1:]
-    j, i = np.argwhere(arr[k] == liver).mean(axis=0)
+def centroid_points(mask: np.ndarray, image, k: int) -> list[np.ndarray]:
+    """World (LPS mm) points of a 2D mask on slice k of ``image``'s grid: its centroid, the centroid's left-right
+    mirror and its front-back mirror (where an in-plane flip of the label would draw it)."""
+    rows, cols = mask.shape
+    j, i = np.argwhere(mask).mean(axis=0)
 
     def world(ci, cj):
-        return np.array(img.TransformContinuousIndexToPhysicalPoint((float(ci), float(cj), float(k))))
+        return np.array(image.TransformContinuousIndexToPhysicalPoint((float(ci), float(cj), float(k))))
 
-    return world(i, j), world(cols - 1 - i, j), world(i, rows - 1 - j)
+    return [world(i, j), world(cols - 1 - i, j), world(i, rows - 1 - j)]
 
 
 def test_the_agent_runs_from_the_monai_label_panel_and_its_label_lands_on_the_liver(browser_page, dicomweb_server,
@@ -232,8 +224,7 @@ def test_the_agent_runs_from_the_monai_label_panel_and_its_label_lands_on_the_li
         viewer.go_to(z[s])
         before[s] = viewer.shot()
     counter = viewer.view()["counter"]
-    before_all = page.screenshot(clip=region)
-    (ARTIFACTS / "before.png").write_bytes(before_all)
+    (ARTIFACTS / "before.png").write_bytes(page.screenshot(clip=region))
 
     # Options / Configurations -> infer -> agent: the structure to segment, one slice (the suite's time budget)
     page.get_by_text("Options / Configurations").click()
@@ -250,33 +241,36 @@ def test_the_agent_runs_from_the_monai_label_panel_and_its_label_lands_on_the_li
             page.click("button[title='Run Segmentation']")
         return resp.value.body()
 
-    def measure(tag: str) -> dict:
-        """Where the overlay is: drawn pixels on slice k and on its mirror, the centroid's distances (in voxels)
-        to the ground-truth liver centroid and to its two in-plane mirrors."""
+    def measure(tag: str, sent: np.ndarray) -> dict:
+        """Where the overlay is drawn: pixels on the axial image of slice k and of its mirror, the expected pixels
+        (the label's voxels on slice k times the on-screen voxel size), the drawn centroid's distance (in voxels)
+        to the label's centroid as the viewer projects it, and to that centroid's two in-plane mirrors."""
         viewer.go_to(z[k])
         at_k = viewer.shot()
         (ARTIFACTS / f"axial_slice{k}_{tag}.png").write_bytes(at_k)
         drawn = overlay(before[k], at_k)
-        points = viewer.to_canvas(liver_points(gt_file, liver, k))  # (x, y) on the canvas, px
-        px_per_voxel = float(np.linalg.norm(viewer.to_canvas([z[k], z[k] + [twin.GetSpacing()[0], 0, 0]])[1]
-                                            - viewer.to_canvas([z[k]])[0]))
+        points = viewer.to_canvas(centroid_points(sent[k] > 0, twin, k))  # (x, y) on the canvas, px
+        origin, along_i, along_j = viewer.to_canvas([twin.TransformIndexToPhysicalPoint(p)
+                                                     for p in ((0, 0, k), (1, 0, k), (0, 1, k))])
+        px_i, px_j = float(np.linalg.norm(along_i - origin)), float(np.linalg.norm(along_j - origin))
         centre = drawn.mean(axis=0)[::-1] if len(drawn) else np.array([np.inf, np.inf])
-        dist = [float(np.linalg.norm(centre - p)) / px_per_voxel for p in points]
+        dist = [float(np.linalg.norm(centre - p)) / min(px_i, px_j) for p in points]
         viewer.go_to(z[mirror])
         at_mirror = viewer.shot()
         (ARTIFACTS / f"axial_slice{mirror}_{tag}.png").write_bytes(at_mirror)
-        out = {"drawn_k": len(drawn), "drawn_mirror": len(overlay(before[mirror], at_mirror)),
-               "to_liver": dist[0], "to_lr_mirror": dist[1], "to_ap_mirror": dist[2]}
+        out = {"drawn_k": len(drawn), "expected_k": round(int((sent[k] > 0).sum()) * px_i * px_j),
+               "drawn_mirror": len(overlay(before[mirror], at_mirror)),
+               "to_label": dist[0], "to_lr_mirror": dist[1], "to_ap_mirror": dist[2]}
         print(f"\n{tag}: {out}")
         return out
 
-    def on_the_liver(m: dict) -> bool:
-        return (m["drawn_k"] > 200 and m["drawn_mirror"] < 20 and m["to_liver"] < NEAR_VOXELS
-                and m["to_liver"] < min(m["to_lr_mirror"], m["to_ap_mirror"]))
+    def where_sent(m: dict) -> bool:
+        """The overlay on the axial image of slice k is the label the server sent, drawn where it belongs."""
+        return (0.5 * m["expected_k"] < m["drawn_k"] < 1.5 * m["expected_k"] and m["drawn_mirror"] < 20
+                and m["to_label"] < NEAR_VOXELS and m["to_label"] < min(m["to_lr_mirror"], m["to_ap_mirror"]))
 
     body = run_agent()
-    after_all = page.screenshot(clip=region)  # the viewports as the notice came (axial on slice k)
-    (ARTIFACTS / "after.png").write_bytes(after_all)
+    (ARTIFACTS / "after.png").write_bytes(page.screenshot(clip=region))  # as the label came (axial on slice k)
     page.screenshot(path=str(ARTIFACTS / "ohif_agent.png"))
     assert [(u, s) for u, s in infers if "/infer/agent?" in u] and all(s == 200 for _, s in infers), infers
     assert any(f"image={series}" in u for u, _ in infers), infers
@@ -291,14 +285,17 @@ def test_the_agent_runs_from_the_monai_label_panel_and_its_label_lands_on_the_li
     assert np.allclose(nrrd_vectors(fields["space directions"]), (direction * twin.GetSpacing()).T, atol=1e-4), fields
     assert np.dot(np.cross(direction[:, 0], direction[:, 1]), direction[:, 2]) > 0  # K ascends along the normal
     assert [int(s) for s in np.flatnonzero(vox.reshape(K, -1).any(axis=1))] == [k], "label not on the middle slice"
+    # ... and on the liver: most of it inside the ground-truth liver of that slice (placement, not the agent's Dice)
+    gt = sitk.GetArrayFromImage(sitk.ReadImage(str(gt_file)))[k] == liver
+    inside = float((gt & (vox[k] > 0)).sum() / max((vox[k] > 0).sum(), 1))
+    print(f"\nthe agent's label on slice {k}: {inside:.2f} of it inside the ground-truth liver")
+    assert inside > 0.6, f"the agent's label on slice {k} is not on the liver ({inside:.2f} inside it)"
 
     # where the viewer draws it
     assert counter == K - k, f"OHIF's axial counter for slice {k} reads {counter}, expected {K - k} (head down)"
-    m = measure("agent")
-    assert on_the_liver(m), f"the overlay is not on the liver on axial slice {k} (I: {K - k}): {m}"
-    grew = coloured_pixels(after_all) - coloured_pixels(before_all)
-    print(f"coloured pixels in the viewports: +{grew}; screenshots in {ARTIFACTS}")
-    assert grew > 50, "no segmentation drawn in the viewports"
+    m = measure("agent", vox)
+    assert where_sent(m), f"the overlay on axial slice {k} (I: {K - k}) is not where the label is: {m}"
+    print(f"screenshots in {ARTIFACTS}")
 
     # the checks catch the bug class: the same response flipped along K, then left-right, drawn by the same panel
     for axis, tag in ((0, "flipped_k"), (2, "flipped_i")):
@@ -306,5 +303,5 @@ def test_the_agent_runs_from_the_monai_label_panel_and_its_label_lands_on_the_li
         page.route(is_infer, swap)
         run_agent()
         page.unroute(is_infer, swap)
-        assert not on_the_liver(measure(tag)), f"a label flipped along axis {axis} passed the position checks"
+        assert not where_sent(measure(tag, vox)), f"a label flipped along axis {axis} passed the position checks"
     assert dicomweb_server.alive()
