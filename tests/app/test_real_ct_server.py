@@ -20,8 +20,10 @@ pytestmark = pytest.mark.server
 IMAGE = "real_ct_001"
 # Measured on this CT (liver's largest slice k = 24 of 30; 122 x 101 px at 3 mm; liver 2083 px; tight roi box):
 # the ellipse inscribed in the box scores 0.776; the direct LiteMedSAM box + interior click 0.975 (box alone
-# 0.975); the hand-off agent 0.942 (demo policy, trained on the phantoms only: it redraws the box, which costs
-# 0.03 against the user's box, then stops). Each floor is the measured value minus 0.04: room for float
+# 0.975); the hand-off agent 0.975 (the demo policy, trained on the phantoms and this CT, keeps the user's box and
+# stops; the earlier phantom-only demo redrew it and scored 0.942). The agent's floor stays 0.90 (below the
+# phantom-only demo's 0.942 - 0.04) so that a retrained demo that corrects is not held to one that stops;
+# the direct floor is the measured value minus 0.04: room for float
 # differences between platforms, still far above the trivial ellipse: a label that no longer overlays its image
 # or a wrong intensity window falls below them.
 AGENT_FLOOR = 0.90
