@@ -94,41 +94,18 @@ def stage_data(args: argparse.Namespace) -> Path:
 
 
 def stage_trajectories(args: argparse.Namespace, studies: Path, tool, labels: dict[str, int]) -> Path:
-    from lib.agent.trajectories import read_jsonl, repair_tail, write_jsonl
     from lib.data.dataset import Dataset
     from lib.learning.policy.data import expert_trajectories
     from lib.learning.policy.sft import SFTConfig
     from lib.learning.policy.volume_data import VolumeStarts, volume_expert_trajectories
     from lib.learning.recipe import load_recipe
 
-    path = args.work / "trajectories.jsonl"
-    times = args.work / "trajectories_time.json"
-    if "trajectories" in args.force:
-        path.unlink(missing_ok=True)
-        times.unlink(missing_ok=True)
     cfg = sft_config(args, load_recipe)(SFTConfig).data
     volume_starts = cfg.volume
     cfg.volume = VolumeStarts(sources=())  # the slice passes; volume start states get their own pass and file
     ds = Dataset.from_dir(studies)
-    repair_tail(path)
-    done = {t.case_id for t in read_jsonl(path)} if path.is_file() else set()
-    spent = json.loads(times.read_text())["seconds"] if times.is_file() else 0.0
-    for case in ds.cases(cfg.split):
-        if case.case_id in done:
-            continue
-        t0 = time.perf_counter()
-        one = Dataset(root=ds.root, labels=ds.labels, modality=ds.modality, training=[case])
-        trajs = expert_trajectories(one, tool, labels, cfg)
-        write_jsonl(path, trajs, append=True)  # per case: an interrupted run resumes at the next case
-        spent += time.perf_counter() - t0
-        times.write_text(json.dumps({"seconds": spent}))
-        logging.info("trajectories: case %s -> %d kept in %.0f s", case.case_id, len(trajs), time.perf_counter() - t0)
+    path = per_case_pass(args, "", ds, cfg.split, lambda one: expert_trajectories(one, tool, labels, cfg))
     if args.extra_episodes:
-        extra = args.work / "trajectories_extra.jsonl"
-        times_extra = args.work / "trajectories_extra_time.json"
-        if "trajectories" in args.force:
-            extra.unlink(missing_ok=True)
-            times_extra.unlink(missing_ok=True)
         cfg.first_episode = cfg.episodes_per_target
         cfg.episodes_per_target = args.extra_episodes
         cfg.box_to_point_prob = 1.0
@@ -136,52 +113,50 @@ def stage_trajectories(args: argparse.Namespace, studies: Path, tool, labels: di
         # and this pass is there for new hand-off boxes (under the reference's `newest` prompting clicks were kept
         # in 5 of 145 expert actions; with `all` + local merge they are kept far more often, hence 2 candidates)
         cfg.retries = args.extra_retries
-        repair_tail(extra)
-        done = {t.case_id for t in read_jsonl(extra)} if extra.is_file() else set()
-        spent = json.loads(times_extra.read_text())["seconds"] if times_extra.is_file() else 0.0
-        for case in ds.cases(cfg.split):
-            if case.case_id in done:
-                continue
-            t0 = time.perf_counter()
-            one = Dataset(root=ds.root, labels=ds.labels, modality=ds.modality, training=[case])
-            trajs = expert_trajectories(one, tool, labels, cfg)
-            write_jsonl(extra, trajs, append=True)
-            spent += time.perf_counter() - t0
-            times_extra.write_text(json.dumps({"seconds": spent}))
-            logging.info("extra trajectories: case %s -> %d kept in %.0f s", case.case_id, len(trajs),
-                         time.perf_counter() - t0)
+        per_case_pass(args, "_extra", ds, cfg.split, lambda one: expert_trajectories(one, tool, labels, cfg))
     if volume_starts.enabled:
-        vpath, vtimes = args.work / "trajectories_volume.jsonl", args.work / "trajectories_volume_time.json"
-        if "trajectories" in args.force:
-            vpath.unlink(missing_ok=True)
-            vtimes.unlink(missing_ok=True)
-        repair_tail(vpath)
-        done = {t.case_id for t in read_jsonl(vpath)} if vpath.is_file() else set()
-        spent = json.loads(vtimes.read_text())["seconds"] if vtimes.is_file() else 0.0
-        for case in ds.cases(cfg.split):
-            if case.case_id in done:
-                continue
-            t0 = time.perf_counter()
-            one = Dataset(root=ds.root, labels=ds.labels, modality=ds.modality, training=[case])
-            trajs = volume_expert_trajectories(one, tool, labels, cfg.episode, volume_starts, split=cfg.split,
-                                               seed=cfg.seed, expert=cfg.expert_config())
-            write_jsonl(vpath, trajs, append=True)
-            spent += time.perf_counter() - t0
-            vtimes.write_text(json.dumps({"seconds": spent}))
-            logging.info("volume trajectories: case %s -> %d in %.0f s", case.case_id, len(trajs),
-                         time.perf_counter() - t0)
+        per_case_pass(args, "_volume", ds, cfg.split, lambda one: volume_expert_trajectories(
+            one, tool, labels, cfg.episode, volume_starts, split=cfg.split, seed=cfg.seed,
+            expert=cfg.expert_config()))
+    return path
+
+
+#: the trajectory passes, each with its own file (``trajectories{pass}.jsonl``) and time record
+PASSES = ("", "_extra", "_volume")
+
+
+def per_case_pass(args: argparse.Namespace, name: str, ds, split: str, generate) -> Path:
+    """Run ``generate(one-case Dataset) -> trajectories`` case by case into ``trajectories{name}.jsonl``, appending
+    after each case (an interrupted run resumes at the next case) and adding up its seconds beside it."""
+    from lib.agent.trajectories import read_jsonl, repair_tail, write_jsonl
+    from lib.data.dataset import Dataset
+
+    path, times = args.work / f"trajectories{name}.jsonl", args.work / f"trajectories{name}_time.json"
+    if "trajectories" in args.force:
+        path.unlink(missing_ok=True)
+        times.unlink(missing_ok=True)
+    repair_tail(path)
+    done = {t.case_id for t in read_jsonl(path)} if path.is_file() else set()
+    spent = json.loads(times.read_text())["seconds"] if times.is_file() else 0.0
+    for case in ds.cases(split):
+        if case.case_id in done:
+            continue
+        t0 = time.perf_counter()
+        trajs = generate(Dataset(root=ds.root, labels=ds.labels, modality=ds.modality, training=[case]))
+        write_jsonl(path, trajs, append=True)
+        spent += time.perf_counter() - t0
+        times.write_text(json.dumps({"seconds": spent}))
+        logging.info("trajectories%s: case %s -> %d in %.0f s", name, case.case_id, len(trajs),
+                     time.perf_counter() - t0)
     return path
 
 
 def trajectory_files(args: argparse.Namespace) -> list[Path]:
-    return [p for p in (args.work / "trajectories.jsonl", args.work / "trajectories_extra.jsonl",
-                        args.work / "trajectories_volume.jsonl") if p.is_file()]
+    return [p for p in (args.work / f"trajectories{n}.jsonl" for n in PASSES) if p.is_file()]
 
 
 def trajectory_seconds(args: argparse.Namespace) -> float:
-    return sum(json.loads(p.read_text())["seconds"] for p in (args.work / "trajectories_time.json",
-                                                              args.work / "trajectories_extra_time.json",
-                                                              args.work / "trajectories_volume_time.json")
+    return sum(json.loads(p.read_text())["seconds"] for p in (args.work / f"trajectories{n}_time.json" for n in PASSES)
                if p.is_file())
 
 
