@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from lib.agent.actions import Box
 from lib.agent.clicks import DEFAULT_BOX_JITTER, jittered_box, tight_box
 from lib.agent.env import EnvConfig
 from lib.agent.expert import ExpertConfig, ExpertPolicy
@@ -129,6 +130,15 @@ def seed_slice_of(gt: np.ndarray, rule: str = "largest") -> int:
         if inner.any():
             return int(np.argmax(inner))
     return int(np.argmax(areas))
+
+
+def handoff_box(gt: np.ndarray, case_id: str, label: str, *, seed: int = 0, box_jitter: float = DEFAULT_BOX_JITTER,
+                seed_rule: str = "largest") -> tuple[int, Box]:
+    """A target's seed slice k0 (``seed_slice_of``) and the user's box on it: the tight ground-truth box of
+    ``gt[k0]`` jittered by ``box_jitter`` of its side, seeded by ``episode_seed(seed, case_id, label)`` (every
+    run of a target, in evaluation and in training, starts from this box)."""
+    k0 = seed_slice_of(gt, seed_rule)
+    return k0, jittered_box(gt[k0], np.random.default_rng(episode_seed(seed, case_id, label)), box_jitter)
 
 
 
@@ -220,9 +230,8 @@ def evaluate_target(tool: Tool, policy: PolicyLike, volume: np.ndarray, gt: np.n
     env_config = env_config or EnvConfig()
     volume_config = volume_config or VolumeConfig()
     areas = gt.reshape(gt.shape[0], -1).sum(axis=1)
-    k0 = seed_slice_of(gt, seed_rule)
+    k0, box = handoff_box(gt, case_id, label, seed=seed, box_jitter=box_jitter, seed_rule=seed_rule)
     present = np.flatnonzero(areas)
-    box = jittered_box(gt[k0], np.random.default_rng(episode_seed(seed, case_id, label)), box_jitter)
     cache = SessionCache(cache_bytes)
     key = case_id if key is None else key
     meta = {"case_id": case_id}

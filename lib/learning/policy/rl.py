@@ -51,7 +51,7 @@ from lib.data.dataset import Case, Dataset, SliceSample, split_cases
 from lib.learning.curves import plot_curves, smooth
 from lib.learning.loop import BestState, LoopConfig, MetricLog, TrainLoop, seeded, torch_threads
 from lib.learning.policy.data import DataSource, iter_targets, slice_key
-from lib.learning.policy.volume_data import VolumeStarts, volume_start_states
+from lib.learning.policy.volume_data import VolumeStarts, evenly_spaced, volume_start_states
 from lib.learning.recipe import help_field, to_dict
 from lib.tools.base import Tool
 from lib.tools.cache import SessionCache
@@ -211,21 +211,13 @@ def _split_targets(targets: list[SliceSample], config: RLConfig) -> tuple[list[S
     SFT -> RL pipeline with equal seeds validates both stages on the same cases."""
     val_ids = _val_cases({s.case_id for s in targets}, config)
     train = [s for s in targets if s.case_id not in val_ids]
-    return train, _thin([s for s in targets if s.case_id in val_ids], config.val_targets)
+    return train, evenly_spaced([s for s in targets if s.case_id in val_ids], config.val_targets)
 
 
 def _val_cases(case_ids: set[str], config: RLConfig) -> set[str]:
     _, val_c = split_cases([Case(image_path=Path(c), label_path=None, case_id=c) for c in sorted(case_ids)],
                            config.val_fraction, config.seed)
     return {c.case_id for c in val_c}
-
-
-def _thin(items: list, n: int) -> list:
-    """``items`` evenly spaced down to ``n``."""
-    if len(items) <= n:
-        return items
-    keep = np.unique(np.linspace(0, len(items) - 1, n).round().astype(int))
-    return [items[i] for i in keep]
 
 
 def _volume_starts(samples: Any, tool: Tool, labels: Mapping[str, int], config: RLConfig,
@@ -243,7 +235,7 @@ def _volume_starts(samples: Any, tool: Tool, labels: Mapping[str, int], config: 
     starts = volume_start_states(data, tool, labels, config.episode, config.volume, split=split, seed=config.seed)
     val_ids = _val_cases(case_ids | {s.case_id for s, _ in starts}, config)
     train = [(s, b) for s, b in starts if s.case_id not in val_ids]
-    return train, _thin([(s, b) for s, b in starts if s.case_id in val_ids], config.val_targets)
+    return train, evenly_spaced([(s, b) for s, b in starts if s.case_id in val_ids], config.val_targets)
 
 
 def grpo_update(policy: CompactPolicy, ref: CompactPolicy | None, opt: torch.optim.Optimizer,

@@ -42,14 +42,13 @@ import numpy as np
 from tqdm import tqdm
 
 from lib.agent.actions import Box
-from lib.agent.clicks import jittered_box
 from lib.agent.expert import ExpertConfig, ExpertPolicy
 from lib.agent.policies.base import StopPolicy
-from lib.agent.rollout import episode_seed, tool_name
+from lib.agent.rollout import tool_name
 from lib.agent.settings import EpisodeSettings
 from lib.agent.trajectories import Trajectory
 from lib.agent.volume import SliceStart, VolumeConfig, VolumeEpisode, propagated_box
-from lib.agent.volume_eval import SEED_RULES, load_case, seed_slice_of, window_volume
+from lib.agent.volume_eval import SEED_RULES, handoff_box, load_case, window_volume
 from lib.data.dataset import Dataset, SliceSample
 from lib.learning.recipe import help_field
 from lib.tools.base import Tool
@@ -163,14 +162,7 @@ def volume_targets(data: Dataset | str | Path, labels: Mapping[str, int] | Itera
                                key=(case.case_id, win.key), cache=cache)
 
 
-def handoff_box(target: VolumeTarget, starts: VolumeStarts, settings: EpisodeSettings, seed: int) -> tuple[int, Box]:
-    """(seed slice k0, the user's jittered box on it): the same rule and seeds as ``lib.agent.volume_eval``."""
-    k0 = seed_slice_of(target.gt, starts.seed_rule)
-    rng = np.random.default_rng(episode_seed(seed, target.case_id, target.label))
-    return k0, jittered_box(target.gt[k0], rng, settings.box_jitter)
-
-
-def _spaced(items: list, n: int | None) -> list:
+def evenly_spaced(items: list, n: int | None) -> list:
     """``items`` evenly thinned to at most ``n`` (None = all), first and last kept."""
     if n is None or len(items) <= n:
         return list(items)
@@ -189,7 +181,8 @@ def starts_of(target: VolumeTarget, starts: VolumeStarts, settings: EpisodeSetti
     (the neighbour on the seed's side, as propagation reaches it).
     """
     vcfg = volume_config or VolumeConfig()
-    k0, box = handoff_box(target, starts, settings, seed)
+    k0, box = handoff_box(target.gt, target.case_id, target.label, seed=seed, box_jitter=settings.box_jitter,
+                          seed_rule=starts.seed_rule)
     present = [k for k in range(target.gt.shape[0]) if int(target.gt[k].sum()) >= starts.min_area]
     for name in starts.sources:
         if name == "propagation":
@@ -204,7 +197,7 @@ def starts_of(target: VolumeTarget, starts: VolumeStarts, settings: EpisodeSetti
                 nb = k - int(np.sign(k - k0))
                 if k != k0 and target.gt[nb].any():
                     found.append((k, SliceStart(from_slice=nb, box=propagated_box(target.gt[nb], vcfg))))
-        yield name, _spaced(found, starts.max_slices_per_target)
+        yield name, evenly_spaced(found, starts.max_slices_per_target)
 
 
 def volume_expert_trajectories(data: Dataset | str | Path, tool: Tool,
