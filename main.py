@@ -15,6 +15,7 @@ from monailabel.tasks.activelearning.random import Random
 
 import lib  # noqa: F401  (imported at top: MONAI Label drops the app dir from sys.path after loading main.py)
 import lib.activelearning.agent_turns
+import lib.activelearning.lowest_quality
 import lib.activelearning.most_turns
 import lib.agent.policies.store
 import lib.configs.app_conf
@@ -129,7 +130,9 @@ class MedSAMAgentApp(MONAILabelApp):
         return trainers
 
     def init_strategies(self):
-        return {"most_turns": lib.activelearning.most_turns.MostTurns(), "random": Random(), "first": First()}
+        return {"most_turns": lib.activelearning.most_turns.MostTurns(),
+                "lowest_quality": lib.activelearning.lowest_quality.LowestQuality(),
+                "random": Random(), "first": First()}
 
     def init_scoring_methods(self):
         agent = self._infers.get("agent")
@@ -166,7 +169,7 @@ class MedSAMAgentApp(MONAILabelApp):
                                 "list images with GET /datastore/?output=all or upload it first")
         res = super().infer(request, datastore)
         if model in AGENT_MODELS and isinstance(image, str) and image in ds.list_images():
-            # what the most_turns strategy ranks on, refreshed by every agent run a user makes
+            # what the most_turns / lowest_quality strategies rank on, refreshed by every agent run a user makes
             ds.update_image_info(image, lib.activelearning.agent_turns.agent_info([res["params"]],
                                                                                   ds.get_image_info(image)))
         return res

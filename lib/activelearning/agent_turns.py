@@ -8,61 +8,21 @@ slices; on one slice: its turns minus the user's hand-off prompts).
 Writes into each unlabeled image's info (datastore): ``agent_turns`` (corrective actions summed over the
 scored labels), ``agent_actions_per_label`` (label -> corrective actions), ``agent_quality`` (lowest predicted
 mask quality; per label in ``agent_quality_per_label``), ``agent_stop_reason`` (of the hardest label),
-``agent_scope``, ``agent_labels`` and ``agent_ts``. The ``most_turns`` strategy ranks on these keys.
+``agent_scope``, ``agent_labels`` and ``agent_ts``. The ``most_turns`` and ``lowest_quality`` strategies rank on
+these keys (``lib.activelearning.ranking``, which also builds them: ``agent_info``).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import time
 from typing import Any
 
 from monailabel.interfaces.tasks.scoring import ScoringMethod
 
+from lib.activelearning.ranking import agent_info, corrective_actions  # noqa: F401  (pure; re-exported)
+
 logger = logging.getLogger(__name__)
-
-
-def corrective_actions(result: dict[str, Any]) -> int:
-    """Corrective actions of one agent result JSON (``corrective_actions``; older or slice results without it:
-    executed turns minus the hand-off prompts)."""
-    if result.get("corrective_actions") is not None:
-        return int(result["corrective_actions"])
-    return max(int(result.get("turns", 0)) - int(result.get("handoff_actions", 0)), 0)
-
-
-def _quality(result: dict[str, Any]) -> float | None:
-    """The lowest predicted quality of a result: over the kept slices in volume scope, else the seed slice's."""
-    q = result.get("min_predicted_quality")
-    return result.get("predicted_quality") if q is None else q
-
-
-def agent_info(results: list[dict[str, Any]], previous: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Image-info keys from the agent's result JSONs on one image (one per label).
-
-    Args:
-        results: agent result JSONs (``target``, ``corrective_actions`` or ``turns``, ...), one per label.
-        previous: the image's current info; its per-label entries for labels not in ``results`` are kept (a user's
-            agent request on one label updates that label only). None = the results alone (a scoring pass).
-    """
-    previous = previous or {}
-    actions = dict(previous.get("agent_actions_per_label") or {})
-    qualities = dict(previous.get("agent_quality_per_label") or {})
-    for r in results:
-        actions[str(r.get("target"))] = corrective_actions(r)
-        qualities[str(r.get("target"))] = _quality(r)
-    hardest = max(results, key=lambda r: (corrective_actions(r), -(_quality(r) or 0.0)))
-    known = [q for q in qualities.values() if q is not None]
-    return {
-        "agent_turns": sum(actions.values()),
-        "agent_actions_per_label": actions,
-        "agent_quality": min(known) if known else None,
-        "agent_quality_per_label": qualities,
-        "agent_stop_reason": hardest.get("stop_reason"),
-        "agent_scope": hardest.get("scope", "slice"),
-        "agent_labels": list(actions),
-        "agent_ts": int(time.time()),
-    }
 
 
 class AgentTurnsScoring(ScoringMethod):

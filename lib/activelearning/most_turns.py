@@ -1,7 +1,8 @@
 """Strategy ``most_turns``: send the annotator to the unlabeled image on which the agent needed the most
 corrective actions (``agent_turns``: summed over the scored labels and, in volume scope, over the slices).
 Ties: lowest predicted quality first, then the image this strategy served least recently, then the image id.
-Images the agent has not scored yet come after every scored one (run ``/scoring/agent_turns``)."""
+Images the agent has not scored yet come after every scored one (run ``/scoring/agent_turns``).
+The rank key lives in ``lib.activelearning.ranking`` (shared with ``scripts/simulate_al.py``)."""
 
 from __future__ import annotations
 
@@ -10,20 +11,21 @@ from typing import Any
 
 from monailabel.interfaces.tasks.strategy import Strategy
 
+from lib.activelearning.ranking import most_turns_key
+
 logger = logging.getLogger(__name__)
 
 
 def rank_key(info: dict[str, Any], strategy_name: str) -> tuple:
     """Sort key (ascending = served first)."""
-    turns = info.get("agent_turns")
-    quality = info.get("agent_quality")
-    served = info.get("strategy", {}).get(strategy_name, {}).get("ts", 0)
-    return (turns is None, -(turns or 0.0), 1.0 if quality is None else float(quality), served)
+    return most_turns_key(info, strategy_name)
 
 
 def ranked(images: list[str], info_of, strategy_name: str = "most_turns") -> list[str]:
     """``images`` in the order the strategy serves them (``info_of(image_id)`` -> the image's info)."""
-    return sorted(images, key=lambda i: (rank_key(info_of(i), strategy_name), i))
+    from lib.activelearning.ranking import ranked as _ranked
+
+    return _ranked(images, info_of, strategy_name, key=most_turns_key)
 
 
 class MostTurns(Strategy):

@@ -1,9 +1,12 @@
-"""most_turns ranking and agent_turns bookkeeping on a stand-in datastore (pure logic, no server)."""
+"""most_turns / lowest_quality ranking and agent_turns bookkeeping on a stand-in datastore (pure logic, no server)."""
 
 from types import SimpleNamespace
 
 from lib.activelearning.agent_turns import AgentTurnsScoring, agent_info, corrective_actions
+from lib.activelearning.lowest_quality import LowestQuality
 from lib.activelearning.most_turns import MostTurns, ranked
+from lib.activelearning.ranking import lowest_quality_key, most_turns_key
+from lib.activelearning.ranking import ranked as ranked_by
 
 
 class Store:
@@ -38,6 +41,31 @@ def test_most_turns_first_then_lowest_quality_then_least_recently_served():
     store.infos = {"d": {}, "a": {"agent_turns": 1.0}}
     assert MostTurns()({}, store)["id"] == "a"
     assert MostTurns()({}, Store({})) is None
+
+
+def test_lowest_quality_first_then_most_turns_then_least_recently_served():
+    store = Store({
+        "a": {"agent_turns": 9.0, "agent_quality": 0.9},
+        "b": {"agent_turns": 2.0, "agent_quality": 0.4, "strategy": {"lowest_quality": {"ts": 50}}},
+        "c": {"agent_turns": 5.0, "agent_quality": 0.4, "strategy": {"lowest_quality": {"ts": 99}}},
+        "d": {},  # not scored yet: after every image with a quality
+        "e": {"agent_turns": 5.0, "agent_quality": 0.4, "strategy": {"lowest_quality": {"ts": 10}}},
+        "f": {"agent_turns": 12.0, "agent_quality": None},  # scored by a policy without a quality: last but d
+        "g": {"agent_turns": 0.0, "agent_quality": 0.2},
+    })
+    order = ranked_by(store.get_unlabeled_images(), store.get_image_info, "lowest_quality")
+    assert order == ["g", "e", "c", "b", "a", "f", "d"]
+    assert LowestQuality()({}, store)["id"] == "g"
+    del store.infos["g"]
+    served = LowestQuality()({}, store)
+    assert served["id"] == "e" and served["agent_quality"] == 0.4 and served["agent_turns"] == 5.0
+    assert LowestQuality()({}, Store({})) is None
+    # the served timestamp is the strategy's own: most_turns' timestamps do not break lowest_quality's ties
+    x = {"agent_turns": 1.0, "agent_quality": 0.5, "strategy": {"most_turns": {"ts": 7}}}
+    assert lowest_quality_key(x) == (False, 0.5, -1.0, 0) and most_turns_key(x) == (False, -1.0, 0.5, 7)
+    # the same infos ranked by most_turns (the app's strategy and the shared key agree)
+    assert ranked(store.get_unlabeled_images(), store.get_image_info) == \
+        ranked_by(store.get_unlabeled_images(), store.get_image_info, "most_turns")
 
 
 def volume_result(target, corrective, quality=0.8, stop="policy"):
