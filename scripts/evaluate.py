@@ -45,8 +45,21 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import time  # noqa: E402
 
-from lib.agent.eval_report import plot_dice_vs_turn, plot_strip, strips, write_report  # noqa: E402
-from lib.agent.evaluation import POLICIES, PolicyContext, Run, evaluate_targets, slice_results  # noqa: E402
+from lib.agent.eval_report import (  # noqa: E402
+    plot_dice_vs_turn,
+    plot_reliability,
+    plot_strip,
+    strips,
+    write_report,
+)
+from lib.agent.evaluation import (  # noqa: E402
+    POLICIES,
+    SLICE_BASELINES,
+    PolicyContext,
+    Run,
+    evaluate_targets,
+    slice_results,
+)
 from lib.agent.policies.base import StopPolicy  # noqa: E402
 from lib.agent.rollout import SCRIPT_BACKENDS, load_backend  # noqa: E402
 from lib.agent.settings import add_episode_args, episode_from_args  # noqa: E402
@@ -79,9 +92,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="slice: one slice per target (default); volume: whole-volume episodes from one box")
     p.add_argument("--seed-slice", default="largest", choices=SEED_RULES,
                    help="volume scope: the slice the hand-off box is drawn on")
-    p.add_argument("--baselines", default=",".join(BASELINES),
-                   help=f"volume scope: comma-separated subset of {','.join(BASELINES)}")
+    p.add_argument("--baselines", default=None,
+                   help=f"comma-separated baselines run beside the policy on the same encodings; slice scope: subset "
+                        f"of {','.join(SLICE_BASELINES)} (default all; ellipse in hand-off mode only), volume scope: "
+                        f"subset of {','.join(BASELINES)} (default all)")
+    p.add_argument("--no-noc", action="store_true", help="slice scope: skip the click simulator's NoC@85/90")
+    p.add_argument("--stop-quality", default=None,
+                   help="compact: quality-gated stop of the policy (a threshold in (0, 1], or 'auto' = the threshold "
+                        "validated with its calibration, scripts/calibrate_quality.py); default: the learned stop")
+    p.add_argument("--gated-stop", default=None,
+                   help="slice scope, compact: also run the same policy with this quality-gated stop ('auto' or a "
+                        "threshold) as the baseline 'gated', to compare Dice and turns with the learned stop")
     args = p.parse_args(argv)
+    for name in ("stop_quality", "gated_stop"):
+        value = getattr(args, name)
+        if value not in (None, "auto"):
+            try:
+                setattr(args, name, float(value))
+            except ValueError:
+                p.error(f"--{name.replace('_', '-')} must be 'auto' or a number in (0, 1], got {value!r}")
+        if getattr(args, name) is not None and args.policy != "compact":
+            p.error(f"--{name.replace('_', '-')} needs --policy compact (a policy that predicts its mask's quality)")
     if args.scope == "volume" and args.policy == "ellipse":
         p.error("--policy ellipse has no volume scope (there is nothing to propagate)")
     args.labels = [s.strip() for s in args.labels.split(",") if s.strip()] if args.labels else None
@@ -101,26 +132,51 @@ def main(argv: list[str] | None = None) -> int:
     tool = load_backend(args.backend, args.tool_weights, threads=args.threads, device=args.device)
     if args.scope == "volume":
         return evaluate_volume_scope(args, ds, tool)
-    baselines = ["box", "expert"] + (["ellipse"] if args.mode == "handoff" else [])
-    runs = [Run(args.policy, args.mode, args.checkpoint)]
-    runs += [Run(b, args.mode) for b in baselines if b != args.policy]
+    wanted = SLICE_BASELINES if args.baselines is None else [b for b in args.baselines.split(",") if b]
+    unknown = [b for b in wanted if b not in SLICE_BASELINES]
+    if unknown:
+        raise SystemExit(f"--baselines: unknown slice baseline(s) {unknown}; choose from {','.join(SLICE_BASELINES)}")
+    baselines = [b for b in wanted if b != "ellipse" or args.mode == "handoff"]
+    # a calibrated compact policy with the learned stop plays with raw qualities (same actions), so results.json
+    # reports the value head before and after its calibration from the same episodes
+    calibration = stored_calibration(args.checkpoint) if args.policy == "compact" else None
+    raw = calibration is not None and args.stop_quality is None
+    runs = [Run(args.policy, args.mode, args.checkpoint, stop_quality=args.stop_quality, raw_quality=raw)]
+    runs += [Run(b, args.mode) for b in baselines if b != args.policy]  # an oracle policy is its own baseline
+    if args.gated_stop is not None:
+        runs.append(Run("compact", args.mode, args.checkpoint, name="gated", stop_quality=args.gated_stop))
+        baselines.append("gated")
     samples = iter_slices(ds, args.split, axis=args.axis, labels=args.labels, min_area=args.min_area,
                           max_per_case=args.max_slices_per_case)
     t0 = time.perf_counter()
     ev = evaluate_targets(tool, samples, runs, args.episode, seed=args.seed, keep_trajectories=4 * args.strip_cases,
+                          measure_noc=not args.no_noc,
                           context=PolicyContext(args.episode, device=args.device), desc=f"evaluate {args.policy}")
     if not ev.rows:
         raise SystemExit(f"no targets in split {args.split!r} of {args.dataset} (labels {args.labels or 'all'})")
     results = slice_results(ev, args.policy, baselines, args.episode, policy=args.policy, mode=args.mode,
                             backend=args.backend, meta={"dataset": str(args.dataset), "split": args.split,
                                                         "seed": args.seed, "checkpoint": args.checkpoint,
-                                                        "tool_weights": args.tool_weights})
+                                                        "tool_weights": args.tool_weights,
+                                                        "stop_quality": args.stop_quality,
+                                                        "gated_stop": args.gated_stop},
+                            calibration=calibration if raw else None)
+    if calibration is not None and not raw and "quality_calibration" in results:
+        results["quality_calibration"]["calibrated"] = True  # the policy applied it while playing
     results["wall_s"] = time.perf_counter() - t0
     (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     curves = {args.policy: results["dice_per_turn"]}
     curves.update({b: s["dice_per_turn"] for b, s in results["baselines"].items() if b != args.policy})
     plot_dice_vs_turn(args.out / "dice_vs_turn.png", curves, f"{args.policy} ({args.mode}, {args.backend})")
     plot_strip(args.out / "turns_strip.png", strips(ev, args.policy, args.strip_cases), args.episode.max_turns)
+    if results.get("quality_calibration"):
+        plot_reliability(args.out / "reliability.png", {
+            **({"policy, raw value head": results["quality_calibration_raw"]}
+               if results.get("quality_calibration_raw") else {}),
+            "policy" + (", calibrated" if results["quality_calibration"]["calibrated"] else ""):
+                results["quality_calibration"],
+            **({"tool (IoU output)": results["tool_quality_calibration"]}
+               if results.get("tool_quality_calibration") else {})}, f"{args.policy} ({args.mode}), {args.split}")
     write_report(args.out / "report.md", results)
     print(
         f"{args.policy} ({args.mode}, {args.backend}): final Dice {results['final_dice']:.3f}, IoU "
@@ -129,6 +185,17 @@ def main(argv: list[str] | None = None) -> int:
         + f"; results in {args.out}"
     )
     return 0
+
+
+def stored_calibration(checkpoint: str | None):
+    """The quality calibration stored in a compact checkpoint's policy.json (None when it has none)."""
+    from lib.agent.quality import QualityCalibration
+
+    meta = Path(checkpoint or "") / "policy.json"
+    if not checkpoint or not meta.is_file():
+        return None
+    stored = json.loads(meta.read_text(encoding="utf-8")).get("quality_calibration")
+    return QualityCalibration.from_dict(stored) if stored else None
 
 
 def evaluate_volume_scope(args: argparse.Namespace, ds: Dataset, tool) -> int:

@@ -118,19 +118,56 @@ def write_report(path: Path, res: dict[str, Any]) -> None:
         "",
         "## Per label",
         "",
-        "| label | n | final Dice | final IoU | turns | box Dice | expert Dice |"
-        + (" ellipse Dice |" if "ellipse" in res["baselines"] else ""),
-        "|---|---|---|---|---|---|---|" + ("---|" if "ellipse" in res["baselines"] else ""),
+        "| label | n | final Dice | final IoU | turns | " + "".join(f"{b} Dice | " for b in res["baselines"]),
+        "|---|---|---|---|---|" + "---|" * len(res["baselines"]),
     ]
     for label, m in res["per_label"].items():
-        row = (
-            f"| {label} | {m['n']} | {m['final_dice']:.3f} | {m['final_iou']:.3f} | {m['turns']:.2f} | "
-            f"{m['box_dice']:.3f} | {m['expert_dice']:.3f} |"
-        )
-        if "ellipse" in res["baselines"]:
-            row += f" {m['ellipse_dice']:.3f} |"
-        lines.append(row)
+        lines.append(f"| {label} | {m['n']} | {m['final_dice']:.3f} | {m['final_iou']:.3f} | {m['turns']:.2f} | "
+                     + "".join(f"{m[f'{b}_dice']:.3f} | " for b in res["baselines"]))
+    for key, who in (("quality_calibration", "the policy's predicted quality"),
+                     ("tool_quality_calibration", "the tool's own IoU output")):
+        q = res.get(key)
+        if q:
+            lines += ["", f"Quality: {who} against the true IoU of the masks it judged: n {q['n']}, Spearman "
+                      f"{_fmt(q['spearman'])}, ECE {_fmt(q['ece'])}, MAE {_fmt(q['mae'])}."]
+    if res.get("quality_calibration"):
+        lines += ["", "![reliability](reliability.png)"]
     lines += ["", "![Dice vs turn](dice_vs_turn.png)", "", "![turns](turns_strip.png)", ""]
     path.write_text("\n".join(lines), encoding="utf-8")
 
 
+
+
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
+def plot_reliability(path: Path, calibrations: dict[str, dict[str, Any]], title: str) -> None:
+    """Reliability diagram: mean true IoU against mean predicted quality per bin (``calibration_metrics`` bins),
+    one line per entry of ``calibrations``; the diagonal is perfect calibration, marker area ~ pairs in the bin."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.8, 4.4), dpi=100)
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
+    for name, q in calibrations.items():
+        bins = q.get("bins") or []
+        if not bins:
+            continue
+        n = max(sum(b["n"] for b in bins), 1)
+        label = f"{name}: ECE {_fmt(q.get('ece'))}, Spearman {_fmt(q.get('spearman'))}, n {q.get('n')}"
+        line, = ax.plot([b["predicted"] for b in bins], [b["true"] for b in bins], marker=None, label=label)
+        ax.scatter([b["predicted"] for b in bins], [b["true"] for b in bins], s=[8 + 400 * b["n"] / n for b in bins],
+                   color=line.get_color(), alpha=0.6)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("predicted quality (mean per bin)")
+    ax.set_ylabel("true IoU (mean per bin)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -33,6 +33,7 @@ from lib.agent.metrics import dice, iou, noc
 from lib.agent.policies.base import Policy, Prefixed
 from lib.agent.policies.box import BoxPolicy
 from lib.agent.policies.ellipse import ellipse_mask
+from lib.agent.quality import QualityCalibration, calibration_metrics, nan_to_none, quality_pairs
 from lib.agent.rollout import episode_seed, rollout, sample_options, tool_name, window_slice
 from lib.agent.settings import EpisodeSettings
 from lib.agent.trajectories import Trajectory
@@ -40,6 +41,8 @@ from lib.data.dataset import SliceSample
 from lib.tools.base import Tool
 
 MODES = ("autonomous", "handoff")
+#: the baselines a slice evaluation runs beside the policy by default (ellipse: hand-off mode only)
+SLICE_BASELINES = ("box", "expert", "ellipse")
 #: policies that read the ground truth (oracles): reported as upper bounds, never as deployable results
 ORACLES = {"expert", "box"}
 
@@ -53,12 +56,19 @@ class Run:
         mode: "handoff" (the jittered ground-truth box is the first action) or "autonomous".
         checkpoint: folder of the policy's weights (compact: policy.pt + policy.json; vlm: a Qwen-VL folder).
         name: the run's key in the results (default ``policy``).
+        stop_quality: quality-gated stop of a compact policy (``CompactPolicy.stop_quality``: a threshold, or
+            "auto" = the one validated with its calibration); None = the learned stop.
+        raw_quality: play the compact policy without its stored quality calibration, so trajectories record the
+            value head's raw qualities (its actions do not depend on them unless ``stop_quality`` is set); the
+            evaluation then reports raw and calibrated metrics from the same episodes (``quality_results``).
     """
 
     policy: str
     mode: str = "handoff"
     checkpoint: str | None = None
     name: str = ""
+    stop_quality: float | str | None = None
+    raw_quality: bool = False
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -67,6 +77,11 @@ class Run:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.policy == "ellipse" and self.mode != "handoff":
             raise ValueError("the ellipse baseline needs hand-off mode: it is inscribed in the user's box")
+        if self.raw_quality and self.stop_quality is not None:
+            raise ValueError("a quality-gated stop reads the calibrated quality: raw_quality must be False with it")
+        if self.stop_quality is not None and self.policy != "compact":
+            raise ValueError("a quality-gated stop needs a policy that predicts a quality (compact), "
+                             f"not {self.policy!r}")
         if not self.name:
             object.__setattr__(self, "name", self.policy)
 
@@ -81,14 +96,16 @@ class PolicyContext:
 
     settings: EpisodeSettings
     device: str = "cpu"
-    loaded: dict[tuple[str, str], Policy] = field(default_factory=dict)
+    loaded: dict[tuple, Policy] = field(default_factory=dict)
 
-    def load(self, kind: str, path: str | None, loader: Callable[[str], Policy]) -> Policy:
+    def load(self, kind: str, path: str | None, loader: Callable[[str], Policy], variant: Any = None) -> Policy:
+        """The policy of ``kind`` in ``path`` (loaded once per ``variant``: e.g. one object per stop rule)."""
         if not path:
             raise ValueError(f"--policy {kind} needs --checkpoint DIR (its weights folder)")
-        if (kind, path) not in self.loaded:
-            self.loaded[(kind, path)] = loader(path)
-        return self.loaded[(kind, path)]
+        key = (kind, path) if variant is None else (kind, path, variant)
+        if key not in self.loaded:
+            self.loaded[key] = loader(path)
+        return self.loaded[key]
 
 
 #: a policy factory: (env, run, hand-off box of this target, context) -> Policy that starts from nothing; the
@@ -128,7 +145,9 @@ POLICIES["ellipse"] = None  # no factory: a mask without a tool (lib.agent.polic
 def _compact(env: SegmentationEnv, run: Run, box: Box, ctx: PolicyContext) -> Policy:
     from lib.agent.policies.compact import CompactPolicy
 
-    return ctx.load("compact", run.checkpoint, lambda p: CompactPolicy.load(p, device=ctx.device))
+    raw = {"calibration": None} if run.raw_quality else {}
+    return ctx.load("compact", run.checkpoint, lambda p: CompactPolicy.load(
+        p, device=ctx.device, stop_quality=run.stop_quality, **raw), variant=(run.stop_quality, run.raw_quality))
 
 
 @register_policy("vlm")
@@ -163,8 +182,13 @@ def turn_curves(traj: Trajectory, gt: np.ndarray, max_turns: int) -> dict[str, l
 
 
 def score_episode(traj: Trajectory, gt: np.ndarray, max_turns: int) -> dict[str, Any]:
-    """One episode's scores against ``gt`` ((H, W) bool)."""
+    """One episode's scores against ``gt`` ((H, W) bool), with what the policy and the tool predicted of their
+    masks' quality: ``quality_pairs`` / ``tool_pairs`` ([predicted, true IoU] per judged mask, see
+    ``lib.agent.quality``) and ``decisions`` (per policy decision on a non-empty mask: its predicted quality and the
+    Dice, IoU and turns so far of the mask it judged: what a quality-gated stop there would have answered)."""
     curves = turn_curves(traj, gt, max_turns)
+    stopped_by_budget = traj.stop_reason == "budget"
+    pairs = quality_pairs(traj.actions, traj.qualities, traj.ious, traj.final_quality, stopped_by_budget)
     return {
         "dice_per_turn": curves["dice"],
         "iou_per_turn": curves["iou"],
@@ -176,7 +200,22 @@ def score_episode(traj: Trajectory, gt: np.ndarray, max_turns: int) -> dict[str,
         "stop_reason": traj.stop_reason,
         "decoder_ms": traj.timings["decoder_ms"],
         "policy_ms": traj.timings["policy_ms"],
+        "final_quality": traj.final_quality,
+        "quality_pairs": [list(p) for p in pairs],
+        "tool_pairs": [[float(s), float(j)] for s, j in zip(traj.scores, traj.ious) if np.isfinite(s)],
+        "decisions": _decisions(traj),
     }
+
+
+def _decisions(traj: Trajectory) -> list[dict[str, float]]:
+    out, executed = [], 0
+    for a, q in zip(traj.actions, traj.qualities, strict=False):
+        if q is not None and 0 < executed <= len(traj.dices):
+            out.append({"quality": float(q), "dice": float(traj.dices[executed - 1]),
+                        "iou": float(traj.ious[executed - 1]), "turns": executed})
+        if a.get("type") in ("box", "point") and "invalid" not in a:
+            executed += 1
+    return out
 
 
 def score_mask(mask: np.ndarray, gt: np.ndarray, max_turns: int) -> dict[str, Any]:
@@ -317,9 +356,11 @@ def evaluate_targets(tool: Tool, samples: Iterable[SliceSample], runs: Sequence[
 
 
 def slice_results(ev: Evaluation, run: str, baselines: Sequence[str], settings: EpisodeSettings, *,
-                  policy: str, mode: str, backend: str, meta: Mapping[str, Any]) -> dict[str, Any]:
+                  policy: str, mode: str, backend: str, meta: Mapping[str, Any],
+                  calibration: QualityCalibration | None = None) -> dict[str, Any]:
     """``results.json`` of a slice evaluation of ``run`` with its ``baselines`` (the keys other tools read:
-    summary keys, ``baselines``, ``per_label``, ``class_mean``, ``rows``)."""
+    summary keys, ``baselines``, ``per_label``, ``class_mean``, ``quality_calibration``, ``rows``); ``calibration``:
+    see ``quality_results``."""
     from lib.agent.metrics import aggregate
 
     handoff = mode == "handoff"
@@ -329,6 +370,7 @@ def slice_results(ev: Evaluation, run: str, baselines: Sequence[str], settings: 
                "final_dice": res["final_dice"], "final_iou": res["final_iou"], "turns": res["turns"],
                "dice_per_turn": res["dice_per_turn"], "stop_reason": res["stop_reason"],
                "noc85": r.get("noc85"), "noc90": r.get("noc90"), "encoder_ms": r["encoder_ms"],
+               "final_quality": res.get("final_quality"),
                "decoder_ms_per_turn": res["decoder_ms"] / max(res["turns"], 1),
                "policy_ms_per_turn": res["policy_ms"] / max(res["turns"], 1),
                "handoff_box": r["handoff_box"] if handoff else None}
@@ -350,5 +392,36 @@ def slice_results(ev: Evaluation, run: str, baselines: Sequence[str], settings: 
         "latency_ms": {"encoder": float(np.mean(ev.encoder_ms)), "decoder": main["decoder_ms_per_turn"],
                        "policy": main["policy_ms_per_turn"]},
         "baselines": {b: summarise(ev.runs[b]) for b in baselines},
-        "per_label": agg["per_label"], "class_mean": agg["class_mean"], "rows": rows,
+        "per_label": agg["per_label"], "class_mean": agg["class_mean"],
+        **quality_results(ev, run, calibration),
+        "rows": rows,
     }
+
+
+def quality_results(ev: Evaluation, run: str, calibration: QualityCalibration | None = None) -> dict[str, Any]:
+    """``quality_calibration`` (the policy's predicted quality of each mask it judged against the true IoU: ``n``,
+    ``spearman``, ``ece``, ``mae``, reliability ``bins``, ``per_label``, ``calibrated``) and
+    ``tool_quality_calibration`` (the same for the tool's own IoU output); absent when the policy / tool predicts none.
+
+    ``calibration``: the policy's stored calibration when ``run`` was played with raw qualities
+    (``Run.raw_quality``): ``quality_calibration`` is then the served, calibrated quality (the calibration applied to
+    the recorded raw values, exactly what the served policy outputs) and ``quality_calibration_raw`` the head's own.
+    """
+    out: dict[str, Any] = {}
+    fields_ = [("quality_calibration", "quality_pairs", calibration), ("tool_quality_calibration", "tool_pairs", None)]
+    if calibration is not None:
+        fields_.append(("quality_calibration_raw", "quality_pairs", None))
+    for key, field_, transform in fields_:
+        pairs = [(r["label"], (transform(p[0]) if transform else p[0], p[1]))
+                 for r, res in zip(ev.rows, ev.runs[run], strict=True) for p in res.get(field_, [])]
+        if not pairs:
+            continue
+        metrics = nan_to_none(calibration_metrics([p[0] for _, p in pairs], [p[1] for _, p in pairs]))
+        metrics["per_label"] = {
+            label: {k: v for k, v in nan_to_none(calibration_metrics(
+                [p[0] for lab, p in pairs if lab == label], [p[1] for lab, p in pairs if lab == label])).items()
+                if k != "bins"}
+            for label in sorted({lab for lab, _ in pairs})}
+        metrics["calibrated"] = transform is not None
+        out[key] = metrics
+    return out

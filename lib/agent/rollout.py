@@ -40,19 +40,32 @@ def rollout(
             ``source`` (copied into the trajectory).
         seed: episode seed (env and policy); None = fresh entropy.
 
-    Timings: ``policy_ms`` is the time inside ``policy.act`` minus the decoder time the policy spent
+    Quality: the policy's ``last_quality`` after each ``act`` goes into ``Trajectory.qualities``; the final mask's
+    quality is the one judged at the Stop, or ``policy.assess`` when the turn budget ended the episode.
+
+    Timings: ``policy_ms`` is the time inside ``policy.act`` (and ``assess``) minus the decoder time the policy spent
     looking ahead (which is counted under ``decoder_ms``), so encoder + decoder + policy + other = total.
     """
     t_start = time.perf_counter()
     obs, info = env.reset(seed=seed, options=options)
     policy.reset(obs, info, seed=seed)
     policy_ms = 0.0
+    qualities: list[float | None] = []
     terminated = truncated = False
     while not (terminated or truncated):
         t0, dec0 = time.perf_counter(), env.decoder_ms
         action = policy.act(obs, info)
         policy_ms += (time.perf_counter() - t0) * 1e3 - (env.decoder_ms - dec0)
+        q = getattr(policy, "last_quality", None)
+        qualities.append(None if q is None else float(q))
         obs, _, terminated, truncated, info = env.step(action)
+    # the final mask's quality: judged at the policy's Stop; after the budget ran out nobody judged it yet
+    if truncated or not info["actions"] or info["actions"][-1].get("type") != "stop":
+        t0, assess = time.perf_counter(), getattr(policy, "assess", None)
+        final_quality = assess(obs, info) if assess is not None else None
+        policy_ms += (time.perf_counter() - t0) * 1e3
+    else:
+        final_quality = qualities[-1]
     total_ms = (time.perf_counter() - t_start) * 1e3
     reward = info.get("episode_reward")
     terms = {k[len("episode/") :]: float(v) for k, v in info["reward_terms"].items() if k.startswith("episode/")}
@@ -96,6 +109,8 @@ def rollout(
         policy_meta=policy.episode_meta(),
         seed=seed,
         source=dict(meta.get("source", {})),
+        qualities=qualities,
+        final_quality=None if final_quality is None else float(final_quality),
     )
 
 

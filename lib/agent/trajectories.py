@@ -83,6 +83,10 @@ class Trajectory:
         timings: milliseconds: ``encoder_ms`` (0 when the session came from a cache), ``decoder_ms``
             (look-ahead included), ``policy_ms`` (decision time without decoder calls), ``other_ms``
             (environment, metrics, bookkeeping) and ``total_ms``; plus ``decoder_calls``.
+        qualities: per action in ``actions``, the quality the policy predicted (its calibrated estimate of the IoU
+            of the mask it was shown BEFORE that action, ``lib.agent.quality``); None where it was not asked (the
+            user's hand-off prompts) or predicts none (oracles). Empty in files written before it existed.
+        final_quality: the policy's predicted quality of ``final_mask`` (None when it predicts none).
         seed: the episode seed (reproduces the trajectory with the same tool and data).
         source: where the slice comes from (dataset folder, image path, ...).
         schema_version: ``SCHEMA_VERSION`` of the writer.
@@ -110,6 +114,8 @@ class Trajectory:
     policy_meta: dict[str, Any] = field(default_factory=dict)
     seed: int | None = None
     source: dict[str, Any] = field(default_factory=dict)
+    qualities: list[float | None] = field(default_factory=list)
+    final_quality: float | None = None
     schema_version: int = SCHEMA_VERSION
 
     @property

@@ -230,7 +230,8 @@ class SliceRecord:
         actions: every issued action as a dict (pixels), as in ``Trajectory.actions``.
         stop_reason: why the slice episode ended ("budget", the policy's reason, ...).
         score: the tool's predicted IoU of its final answer (NaN when nothing was decoded).
-        predicted_quality: the policy's own quality estimate (``last_quality``) if it has one.
+        predicted_quality: the policy's own (calibrated) quality estimate of the final mask, if it predicts one
+            (``Trajectory.final_quality``).
         area: pixels of the final mask.
         intensity: median windowed image value under the final mask (NaN when empty).
         check: ``end_check`` verdict (None = passed; always None on the seed slice).
@@ -389,7 +390,8 @@ class VolumeEpisode:
     def run(self, volume: np.ndarray, target: str, *, seed_slice: int | None = None,
             prompts: Sequence[Box | Point] = (), gt: np.ndarray | None = None, seed: int = 0,
             key: Hashable | Callable[[int], Hashable] | None = None,
-            meta: Mapping[str, Any] | None = None) -> VolumeResult:
+            meta: Mapping[str, Any] | None = None,
+            progress: Callable[[int], None] | None = None) -> VolumeResult:
         """Segment ``target`` through ``volume``.
 
         Args:
@@ -407,12 +409,15 @@ class VolumeEpisode:
                 function ``k -> cache key`` of slice k; None = a fresh identity (nothing shared with other
                 runs). Slice k is cached under ``(tool name, key, k)``.
             meta: copied into every slice trajectory's ``source`` (e.g. ``case_id``).
+            progress: called with the number of slices visited so far after each slice (long-request logging).
 
         Returns:
             ``VolumeResult``.
         """
         with self._lock:
-            return _Run(self, volume, target, seed_slice, prompts, gt, seed, key, meta).execute()
+            run = _Run(self, volume, target, seed_slice, prompts, gt, seed, key, meta)
+            run.progress = progress
+            return run.execute()
 
     def run_slice(self, volume: np.ndarray, target: str, k: int, start: SliceStart | None = None, *,
                   prompts: Sequence[Box | Point] = (), gt: np.ndarray | None = None, seed: int = 0,
@@ -470,6 +475,7 @@ class _Run:
                 raise ValueError(f"gt must be a (K, J, I) bool mask of the volume's shape {shape}, got "
                                  f"{gt.dtype} {gt.shape}")
         self.gt = gt
+        self.progress: Callable[[int], None] | None = None
         self.seed = int(seed)
         self.volume_id = uuid.uuid4().hex if key is None else key
         self.key_of = key if callable(key) else (lambda k: session_key(ep.tool, self.volume_id, k))
@@ -572,7 +578,7 @@ class _Run:
             index=int(k), direction=direction, start=start, turns=len(issued),
             corrective=max(len(issued) - len(prefix), 0), actions=list(traj.actions),
             stop_reason=traj.stop_reason, score=float("nan") if last is None else float(last.score),
-            predicted_quality=_quality(ep.policy), area=int(mask.sum()),
+            predicted_quality=traj.final_quality, area=int(mask.sum()),
             intensity=float(np.median(pixels[mask])) if mask.any() else float("nan"),
             encoder_s=self.encoded.get(k, 0.0), encoder_cached=cached, wait_s=wait_s,
             decoder_s=timings["decoder_ms"] / 1e3, policy_s=timings["policy_ms"] / 1e3,
@@ -604,7 +610,7 @@ class _Run:
             seed.kept = True
             self._remember(seed)
             self.seed_intensity = seed.intensity
-            records.append(seed)
+            self._record(records, seed)
             out[self.k0] = seed.mask
             dirs = [_Direction(+1, seed), _Direction(-1, seed)]
             for d in dirs:
@@ -634,6 +640,11 @@ class _Run:
         return VolumeResult(mask=out, target=self.target, seed_slice=self.k0, handoff=bool(self.prompts),
                             slices=records, ends=ends, timings=timings, memory=self.memory is not None)
 
+    def _record(self, records: list[SliceRecord], rec: SliceRecord) -> None:
+        records.append(rec)
+        if self.progress is not None:
+            self.progress(len(records))
+
     def _advance(self, d: _Direction, out: np.ndarray, records: list[SliceRecord]) -> None:
         """Visit the next slice of direction ``d`` and apply the end rule."""
         k = d.next
@@ -643,7 +654,7 @@ class _Run:
             return
         self._prefetch(k + d.step)
         rec = self._slice(k, d.step, self._start_from(d.last))
-        records.append(rec)
+        self._record(records, rec)
         shift = abs(rec.intensity - self.seed_intensity) if rec.area else 0.0
         rec.check = end_check(rec.area, rec.score, d.last.area, self.ep.config, shift)
         if rec.check is None:
@@ -671,8 +682,3 @@ class _Run:
         d.pending = []
         d.alive = False
         d.end = {"slice": int(k), "reason": reason}
-
-
-def _quality(policy: Policy) -> float | None:
-    q = getattr(policy, "last_quality", None)
-    return None if q is None else float(q)

@@ -13,8 +13,10 @@ Scope (``--conf scope``, default ``volume``; a request may send ``scope``):
 - ``slice``: one slice episode; the label holds that slice only (the behaviour before volume episodes).
 
 Both return an integer label volume in the input's geometry (value = the target's value in the app's label
-set) and JSON with the seed slice's turns, every action (type, pixel coordinates, predicted quality), the stop
-reason and latencies; in volume scope also the visited and kept slices, corrective actions, one record per
+set) and JSON with the seed slice's turns, every action (type, pixel coordinates, the quality the policy predicted
+for the mask it was shown before it), ``quality`` (the policy's estimated IoU of the final mask on the seed slice,
+calibrated on validation cases when ``quality_calibrated``; ``quality_meaning`` says so in words), the stop reason
+and latencies; in volume scope also the visited and kept slices, corrective actions, one record per
 slice and where/why each direction ended. A 2D image is always one slice.
 """
 
@@ -34,6 +36,7 @@ from lib.agent.actions import Action, Box, Point
 from lib.agent.env import SegmentationEnv
 from lib.agent.policies.base import Policy, Prefixed
 from lib.agent.policies.store import PolicyStore
+from lib.agent.quality import QUALITY_MEANING
 from lib.agent.rollout import rollout
 from lib.agent.settings import EpisodeSettings
 from lib.agent.volume import VolumeConfig, VolumeEpisode, VolumeResult
@@ -46,46 +49,6 @@ from lib.infers.errors import client_errors
 from lib.tools.provider import ToolProvider
 
 logger = logging.getLogger(__name__)
-
-
-class QualityRecorder(Policy):
-    """Wraps a policy and records its predicted quality (``last_quality``) after every decision.
-
-    Attributes:
-        qualities: the current episode's qualities, one per decision of the wrapped policy.
-        episodes: every episode's ``qualities``, in play order (a volume episode plays its seed slice first).
-        on_reset: called with the number of episodes started so far, at the start of each (progress logging).
-    """
-
-    def __init__(self, policy: Policy, on_reset=None) -> None:
-        self.policy = policy
-        self.name = policy.name
-        self.qualities: list[float | None] = []
-        self.episodes: list[list[float | None]] = []
-        self.on_reset = on_reset
-
-    @property
-    def last_quality(self) -> float | None:
-        """The wrapped policy's latest quality estimate (what ``VolumeEpisode`` records per slice)."""
-        return getattr(self.policy, "last_quality", None)
-
-    def reset(self, obs, info, seed=None) -> None:
-        super().reset(obs, info, seed)
-        self.qualities = []
-        self.episodes.append(self.qualities)
-        self.policy.reset(obs, info, seed)
-        if self.on_reset is not None:
-            self.on_reset(len(self.episodes))
-
-    def act(self, obs, info):
-        action = self.policy.act(obs, info)
-        q = getattr(self.policy, "last_quality", None)
-        self.qualities.append(None if q is None else float(q))
-        self.stop_reason = self.policy.stop_reason
-        return action
-
-    def episode_meta(self):
-        return self.policy.episode_meta()
 
 
 class WindowedVolume:
@@ -243,25 +206,23 @@ class AgentInfer(InferTask):
         session, cached = self.provider.session(slice_key(vol, slice_index, win), lambda: pixels)
         env = SegmentationEnv(self.provider.tool, replace(self.env_config, max_turns=max_turns))
         with self.store.episode_lock:
-            recorder = QualityRecorder(policy)
-            agent = Prefixed(prefix, recorder) if prefix else recorder
+            agent = Prefixed(prefix, policy) if prefix else policy
             traj = rollout(env, agent, {"image": pixels, "session": session, "target": name,
                                         "meta": {"slice_index": slice_index}}, seed=seed)
-            qualities = [None] * len(prefix) + recorder.qualities
         mask = _final_mask(traj, vol.spatial_shape if slice_index is None else vol.spatial_shape[1:])
         label = np.zeros(vol.spatial_shape, dtype=np.uint8)
         if slice_index is None:
             label[mask] = value
         else:
             label[slice_index][mask] = value
-        turns, actions, quality = _seed_summary(traj.actions, qualities)
+        turns, actions = _seed_summary(traj)
         return label, {
             "scope": "slice",
             "turns": turns,
             "corrective_actions": max(turns - len(prefix), 0),
             "actions": actions,
             "stop_reason": traj.stop_reason,
-            "predicted_quality": quality,
+            **_quality_keys(policy, traj.final_quality),
             "latencies": {
                 "encoder_ms": 0.0 if cached else session.encoder_ms,
                 "decoder_ms": traj.timings.get("decoder_ms", 0.0),
@@ -284,24 +245,22 @@ class AgentInfer(InferTask):
         t_start = time.perf_counter()
 
         def progress(n: int) -> None:
-            if n > 1 and (n - 1) % self.progress_every == 0:
+            if n % self.progress_every == 0:
                 logger.info("agent volume %s / %s: %d slices visited of %d, %.1fs", source.rsplit("/", 1)[-1],
-                            name, n - 1, K, time.perf_counter() - t_start)
+                            name, n, K, time.perf_counter() - t_start)
 
         with self.store.episode_lock:
-            recorder = QualityRecorder(policy, on_reset=progress)
-            episode = VolumeEpisode(tool, recorder, replace(self.env_config, max_turns=max_turns),
+            episode = VolumeEpisode(tool, policy, replace(self.env_config, max_turns=max_turns),
                                     self.volume_config, cache=self.provider.cache)
             res: VolumeResult = episode.run(
                 windowed, name, seed_slice=k0, prompts=prefix, seed=seed,
                 # the provider's own keys: a later click or slice request on a visited slice reuses its embedding
                 key=lambda k: self.provider.cache_key(slice_key(vol, k, win)),
-                meta={"case_id": source})
-            seed_qualities = [None] * len(prefix) + (recorder.episodes[0] if recorder.episodes else [])
+                meta={"case_id": source}, progress=progress)
         label = np.zeros(vol.spatial_shape, dtype=np.uint8)
         label[res.mask] = value
         first = res.slices[0]
-        turns, actions, quality = _seed_summary(first.actions, seed_qualities)
+        turns, actions = _seed_summary(first.trajectory)
         summary = res.to_dict()
         timings = summary["timings"]
         kept_q = [s.predicted_quality for s in res.slices if s.kept and s.predicted_quality is not None]
@@ -316,7 +275,7 @@ class AgentInfer(InferTask):
             "turns": turns,
             "actions": actions,
             "stop_reason": first.stop_reason,
-            "predicted_quality": quality,
+            **_quality_keys(policy, first.predicted_quality),
             "min_predicted_quality": min(kept_q) if kept_q else None,
             "slices_visited": summary["visited"],
             "slices_kept": summary["kept"],
@@ -358,12 +317,22 @@ class AgentInfer(InferTask):
         return k
 
 
-def _seed_summary(actions: list[dict], qualities: list[float | None]) -> tuple[int, list[dict], float | None]:
-    """(executed Box/Point actions, every action with its predicted quality, the last predicted quality)."""
-    out = [dict(a, predicted_quality=q) for a, q in zip(actions, qualities)]
-    executed = [a for a in actions if a.get("type") in ("box", "point") and "invalid" not in a]
-    quality = next((q for q in reversed(qualities) if q is not None), None)
-    return len(executed), out, quality
+def _seed_summary(traj) -> tuple[int, list[dict]]:
+    """(executed Box/Point actions, every action with the quality the policy predicted for the mask it was shown
+    before that action: None for the user's prompts)."""
+    qualities = list(traj.qualities) + [None] * (len(traj.actions) - len(traj.qualities))
+    out = [dict(a, predicted_quality=q) for a, q in zip(traj.actions, qualities)]
+    executed = [a for a in traj.actions if a.get("type") in ("box", "point") and "invalid" not in a]
+    return len(executed), out
+
+
+def _quality_keys(policy: Policy, final: float | None) -> dict[str, Any]:
+    """The result's quality of its final mask (``quality``, and ``predicted_quality`` as before), what it means,
+    and whether it is calibrated on validation cases."""
+    calibration = getattr(policy, "calibration", None)
+    return {"quality": final, "predicted_quality": final,
+            "quality_meaning": QUALITY_MEANING if final is not None else None,
+            "quality_calibrated": calibration is not None if final is not None else None}
 
 
 def _final_mask(traj, shape) -> np.ndarray:

@@ -11,7 +11,7 @@ import torch
 from lib.agent.actions import Box, Point, Stop, validate
 from lib.agent.policies.compact import CompactPolicy
 from lib.agent.policies.compact_codec import decode_action, encode_action
-from lib.agent.policies.compact_config import BOX, CompactConfig
+from lib.agent.policies.compact_config import BOX, STOP, CompactConfig
 from lib.agent.policies.compact_net import n_parameters
 from lib.agent.policies.compact_state import prompt_planes
 
@@ -106,3 +106,39 @@ def test_save_load_round_trip(tmp_path):
 def test_load_missing_checkpoint_names_the_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="policy.pt"):
         CompactPolicy.load(tmp_path)
+
+
+def test_quality_calibration_is_stored_served_and_gates_the_stop(tmp_path):
+    from lib.agent.quality import QualityCalibration
+
+    # a calibration that says "every mask is 0.95 good" (threshold 0.9 validated with it)
+    cal = QualityCalibration((0.0, 1.0), (0.95, 0.95), fitted_on={"stop_threshold": 0.9})
+    policy = CompactPolicy(LABELS, TINY, calibration=cal)
+    with torch.no_grad():  # an untrained net that never stops by itself: any Stop below is the gate's
+        policy.net.kind_head.bias[STOP] = -1e4
+    policy.save(tmp_path / "ckpt")
+    loaded = CompactPolicy.load(tmp_path / "ckpt")
+    assert loaded.calibration == cal and loaded.copy().calibration == cal
+    obs, info = _obs()
+    loaded.reset(obs, info, seed=0)
+    loaded.act(obs, info)
+    assert loaded.last_quality == 0.95 and loaded.last_quality_raw != 0.95 and loaded.assess(obs, info) == 0.95
+    raw = CompactPolicy.load(tmp_path / "ckpt", calibration=None, stop_on_repeat=False)
+    raw.reset(obs, info, seed=0)
+    raw.act(obs, info)
+    assert raw.last_quality == pytest.approx(loaded.last_quality_raw)
+    # the gate: a non-empty mask judged >= the threshold ends the episode; an empty one never does
+    gated = CompactPolicy.load(tmp_path / "ckpt", stop_quality="auto", stop_on_repeat=False)
+    assert gated.stop_quality == 0.9
+    shown = {**obs, "mask": np.ones_like(obs["mask"])}
+    raw.reset(shown, info, seed=0)
+    assert raw.act(shown, info) != Stop()
+    gated.reset(shown, info, seed=0)
+    assert gated.act(shown, info) == Stop() and gated.stop_reason == "quality"
+    gated.reset(obs, info, seed=0)
+    raw.reset(obs, info, seed=0)
+    assert gated.act(obs, info) == raw.act(obs, info) and gated.stop_reason != "quality"
+    with pytest.raises(ValueError, match="validated stop threshold"):
+        CompactPolicy(LABELS, TINY, stop_quality="auto")
+    with pytest.raises(ValueError, match="stop_quality"):
+        CompactPolicy(LABELS, TINY, stop_quality=1.5)

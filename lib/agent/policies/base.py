@@ -41,6 +41,15 @@ class Policy(abc.ABC):
         """JSON-ready facts about the current episode (e.g. the expert's strategy) for the trajectory."""
         return {}
 
+    #: the quality predicted at the last ``act`` (estimated IoU of the mask shown; ``lib.agent.quality``), or None
+    #: for a policy that predicts none
+    last_quality: float | None = None
+
+    def assess(self, obs: Mapping[str, Any], info: Mapping[str, Any]) -> float | None:
+        """The predicted quality of the current mask without deciding anything (None: no quality head).
+        ``rollout`` asks it for the final mask when the turn budget ended the episode."""
+        return None
+
 
 class Prefixed(Policy):
     """Play ``prefix`` first (a user's hand-off box/clicks), then let ``policy`` continue.
@@ -56,19 +65,31 @@ class Prefixed(Policy):
         self.policy = policy
         self.name = policy.name
         self._i = 0
+        self._asked = False
 
     def reset(self, obs: Mapping[str, Any], info: Mapping[str, Any], seed: int | None = None) -> None:
         super().reset(obs, info, seed)
         self._i = 0
+        self._asked = False
         self.policy.reset(obs, info, seed)
+
+    @property
+    def last_quality(self) -> float | None:  # type: ignore[override]
+        """The wrapped policy's last quality; None while the prefix plays (nobody judged those masks)."""
+        return getattr(self.policy, "last_quality", None) if self._asked else None
 
     def act(self, obs: Mapping[str, Any], info: Mapping[str, Any]) -> Action | str:
         if self._i < len(self.prefix):
             self._i += 1
+            self._asked = False
             return self.prefix[self._i - 1]
+        self._asked = True
         action = self.policy.act(obs, info)
         self.stop_reason = self.policy.stop_reason
         return action
+
+    def assess(self, obs: Mapping[str, Any], info: Mapping[str, Any]) -> float | None:
+        return self.policy.assess(obs, info)
 
     def episode_meta(self) -> dict[str, Any]:
         return {**self.policy.episode_meta(), "handoff_actions": len(self.prefix)}

@@ -8,6 +8,9 @@ any tool. Settings, frame and channels: ``compact_config``; input planes: ``comp
 After every ``act`` it exposes ``last_quality`` (the value head: predicted IoU in [0, 1] of the mask it
 was shown, i.e. the mask BEFORE the action it returns; at Stop, the answer's quality) and
 ``last_log_prob`` (log-probability of the returned action under the temperature it was drawn with).
+With a ``QualityCalibration`` (``lib.agent.quality``, fitted on validation cases by ``scripts/calibrate_quality.py``
+and stored in ``policy.json``) ``last_quality`` is the calibrated value and ``last_quality_raw`` the head's own;
+``stop_quality`` turns on the quality-gated stop (Stop as soon as the mask shown is judged at least that good).
 
 Latency (256², 1.3 M parameters, measured on this project's 2-core CPU): 24-28 ms per decision with one torch
 thread. With two threads while another process keeps a core busy, torch's intra-op threads spin and one
@@ -39,6 +42,7 @@ from lib.agent.policies.compact_config import CHANNELS, KINDS, STOP, CompactConf
 from lib.agent.policies.compact_dist import choose, log_prob
 from lib.agent.policies.compact_net import CompactNet, n_parameters
 from lib.agent.policies.compact_state import resize_plane, state_features
+from lib.agent.quality import QualityCalibration
 
 FORMAT = "medsam-agent-compact-policy"
 FORMAT_VERSION = 1
@@ -77,9 +81,15 @@ class CompactPolicy(Policy):
         stop_on_repeat: a greedy policy that would repeat its last executed prompt stops instead: the
             same prompt cannot fix the mask and would only burn turns until the budget ends.
         provenance: JSON-ready facts about training (data, steps, metrics, seed, timestamps).
+        calibration: the map from the value head's raw quality to the served one (None = raw).
+        stop_quality: quality-gated stop: a greedy policy stops (reason "quality") when the (calibrated) quality of
+            a non-empty mask it is shown is at least this; None = the learned stop only; "auto" = the threshold
+            chosen on validation and stored with the calibration (``fitted_on["stop_threshold"]``).
 
     Attributes:
-        last_quality: predicted IoU of the mask shown at the last ``act`` (None before the first).
+        last_quality: predicted IoU of the mask shown at the last ``act`` (calibrated when ``calibration`` is set;
+            None before the first).
+        last_quality_raw: the value head's own prediction at the last ``act``.
         last_log_prob: log-probability of the last returned action.
         recording: when True every decision is appended to ``trace`` (input tensor, label, turn, action
             code, log-prob, and the true IoU of the mask when the env knows the ground truth; that IoU is a
@@ -91,7 +101,8 @@ class CompactPolicy(Policy):
     def __init__(self, labels: Mapping[str, int], config: CompactConfig | None = None, device: str = "cpu",
                  greedy: bool = True, temperature: float = 1.0, coord_temperature: float | None = None,
                  stop_on_repeat: bool = True,
-                 provenance: Mapping[str, Any] | None = None, episode: Mapping[str, Any] | None = None) -> None:
+                 provenance: Mapping[str, Any] | None = None, episode: Mapping[str, Any] | None = None,
+                 calibration: QualityCalibration | None = None, stop_quality: float | str | None = None) -> None:
         self._labels = _check_labels(labels)
         ranked = sorted(self._labels.items(), key=lambda kv: (kv[1], kv[0]))
         self._index = {name: i for i, (name, _) in enumerate(ranked)}
@@ -110,7 +121,10 @@ class CompactPolicy(Policy):
         self.provenance: dict[str, Any] = dict(provenance or {})
         #: the episode settings it was trained with (``EpisodeSettings.record``); empty = not recorded
         self.episode: dict[str, Any] = dict(episode or {})
+        self.calibration = calibration
+        self.stop_quality = self._stop_threshold(stop_quality)
         self.last_quality: float | None = None
+        self.last_quality_raw: float | None = None
         self.last_log_prob: float | None = None
         self.recording = False
         self.trace: list[dict[str, Any]] = []
@@ -133,6 +147,23 @@ class CompactPolicy(Policy):
         raise ValueError(f"target {name!r} is not in this policy's label set {sorted(self._labels)}; "
                          "train the policy on it (agent_sft) or pick one of those labels")
 
+    def _stop_threshold(self, value: float | str | None) -> float | None:
+        if value is None:
+            return None
+        if value == "auto":
+            stored = (self.calibration.fitted_on.get("stop_threshold") if self.calibration is not None else None)
+            if stored is None:
+                raise ValueError("stop_quality='auto' needs a quality calibration with a validated stop threshold; "
+                                 "fit one with scripts/calibrate_quality.py --checkpoint DIR")
+            value = stored
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) <= 1.0:
+            raise ValueError(f"stop_quality must be None, 'auto' or a number in (0, 1], got {value!r}")
+        return float(value)
+
+    def quality(self, raw: float) -> float:
+        """The served quality of a raw value-head output (calibrated when a calibration is set)."""
+        return self.calibration(raw) if self.calibration is not None else float(raw)
+
     # -- acting --------------------------------------------------------------------------------------
     def reset(self, obs: Mapping[str, Any], info: Mapping[str, Any], seed: int | None = None) -> None:
         super().reset(obs, info, seed)
@@ -142,6 +173,7 @@ class CompactPolicy(Policy):
         self._gen = torch.Generator().manual_seed(int(seed) & 0x7FFFFFFF if seed is not None else
                                                   int(torch.randint(0, 2**31 - 1, (1,))))
         self.last_quality = None
+        self.last_quality_raw = None
         self.last_log_prob = None
 
     def features(self, obs: Mapping[str, Any], info: Mapping[str, Any]) -> tuple[torch.Tensor, int, int]:
@@ -151,16 +183,26 @@ class CompactPolicy(Policy):
         x = state_features(self._image_s, np.asarray(obs["mask"]), info.get("actions", []), self.config)
         return torch.from_numpy(x), self._label, int(info.get("turn", 0))
 
+    def _forward(self, x: torch.Tensor, label: int, turn: int) -> dict[str, torch.Tensor]:
+        out = self.net(x[None].to(self.device), torch.tensor([label], device=self.device),
+                       torch.tensor([turn], device=self.device))
+        return {k: v.float().cpu() for k, v in out.items()}
+
+    def assess(self, obs: Mapping[str, Any], info: Mapping[str, Any]) -> float:
+        """The (calibrated) predicted quality of the current mask, without choosing an action."""
+        x, label, turn = self.features(obs, info)
+        with torch.inference_mode():
+            return self.quality(float(torch.sigmoid(self._forward(x, label, turn)["quality"][0])))
+
     def act(self, obs: Mapping[str, Any], info: Mapping[str, Any]) -> Action:
         x, label, turn = self.features(obs, info)
         with torch.inference_mode():
-            out = self.net(x[None].to(self.device), torch.tensor([label], device=self.device),
-                           torch.tensor([turn], device=self.device))
-            out = {k: v.float().cpu() for k, v in out.items()}
+            out = self._forward(x, label, turn)
             code = choose(out, self.greedy, self.temperature, self._gen, self.coord_temperature)
             t, tc = (1.0, 1.0) if self.greedy else (self.temperature, self.coord_temperature)
             lp = log_prob(out, torch.tensor([code.kind]), torch.tensor([code.box]), torch.tensor([code.cell]), t, tc)
-        self.last_quality = float(torch.sigmoid(out["quality"][0]))
+        self.last_quality_raw = float(torch.sigmoid(out["quality"][0]))
+        self.last_quality = self.quality(self.last_quality_raw)
         self.last_log_prob = float(lp[0])
         shape = tuple(int(s) for s in np.asarray(obs["mask"]).shape)
         action = decode_action(code, shape, self.config)
@@ -169,6 +211,10 @@ class CompactPolicy(Policy):
             iou_now = (float(ious[-1]) if ious else 0.0) if ious is not None else None
             self.trace.append({"x": x, "label": label, "turn": turn, "kind": code.kind, "box": code.box,
                                "cell": code.cell, "logp": self.last_log_prob, "iou": iou_now})
+        elif (self.stop_quality is not None and self.greedy and code.kind != STOP
+              and self.last_quality >= self.stop_quality and np.asarray(obs["mask"]).any()):
+            self.stop_reason = "quality"
+            return Stop()
         elif self.stop_on_repeat and self.greedy and code.kind != STOP and _repeats(action, info):
             self.stop_reason = "repeat"
             return Stop()
@@ -199,6 +245,7 @@ class CompactPolicy(Policy):
                 "coordinates": "pixel (x, y) = (column, row); box bins and click cells in align_corners geometry",
             },
             "episode": dict(self.episode),
+            "quality_calibration": None if self.calibration is None else self.calibration.to_dict(),
             "provenance": dict(self.provenance),
         }
 
@@ -244,6 +291,8 @@ class CompactPolicy(Policy):
                              f"expected {FORMAT!r})")
         arch = dict(meta["architecture"])
         arch["widths"] = tuple(arch["widths"])
+        calibration = meta.get("quality_calibration")
+        kwargs.setdefault("calibration", None if not calibration else QualityCalibration.from_dict(calibration))
         policy = cls(meta["labels"], CompactConfig(**arch), device=device,
                      provenance=meta.get("provenance", {}), episode=meta.get("episode"), **kwargs)
         state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
@@ -256,7 +305,8 @@ class CompactPolicy(Policy):
         other = CompactPolicy(self._labels, self.config, device=str(self.device), greedy=self.greedy,
                               temperature=self.temperature, coord_temperature=self.coord_temperature,
                               stop_on_repeat=self.stop_on_repeat,
-                              provenance=self.provenance)
+                              provenance=self.provenance, episode=self.episode, calibration=self.calibration,
+                              stop_quality=self.stop_quality)
         other.net.load_state_dict(self.net.state_dict())
         return other
 

@@ -322,8 +322,9 @@ def _train_grpo(config: RLConfig, samples: Any, tool: Tool, init_dir: str | Path
                 volumes: Any = None) -> dict[str, Any]:
     t_start = time.perf_counter()
     rng = seeded(config.seed)
+    # a calibration fitted on the initial weights does not describe the trained ones: drop it (refit after)
     policy = CompactPolicy.load(init_dir, greedy=False, temperature=config.temperature,
-                                coord_temperature=config.coord_temperature)
+                                coord_temperature=config.coord_temperature, calibration=None)
     policy.recording = True
     ref = policy.copy() if config.kl_coef > 0 else None
     if ref is not None:

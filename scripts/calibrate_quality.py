@@ -1,0 +1,138 @@
+#!/usr/bin/env python
+"""Calibrate a compact policy's predicted quality on validation cases and store the calibration with it.
+
+    python scripts/calibrate_quality.py --checkpoint demo/agent_policy \\
+        --data runs/demo3/sample-data/studies:training --cases ct_003,real_ct_001 --out runs/calib
+
+The policy plays every (slice, label) target of the validation cases in hand-off and autonomous mode (the same
+episodes ``scripts/evaluate.py`` plays; one encoding per slice). Each mask the policy judges gives a pair
+(predicted quality, true IoU); an isotonic regression of the true IoU on the prediction (``lib.agent.quality``)
+becomes the policy's ``quality_calibration`` in ``policy.json`` (the weights are untouched), which the policy
+applies whenever it is loaded: the served ``quality`` then means "about this IoU on cases like the validation
+cases". The quality-gated stop threshold is chosen on the same hand-off episodes (the fewest turns at no loss of
+Dice against the learned stop) and stored with it (``CompactPolicy(stop_quality="auto")``).
+
+Use cases the policy was not trained on where you have them: a calibration fitted on training cases inherits the
+value head's optimism there. Measure the result on held-out cases with ``scripts/evaluate.py`` (its
+``results.json`` has ``quality_calibration``). Outputs in ``--out``: ``calibration.json`` (the fit, metrics before
+and after on the fitting pairs, the stop-threshold curve) and ``reliability_fit.png``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import time  # noqa: E402
+
+from lib.agent.eval_report import plot_reliability  # noqa: E402
+from lib.agent.evaluation import MODES, PolicyContext, Run, evaluate_targets  # noqa: E402
+from lib.agent.policies.compact import CompactPolicy  # noqa: E402
+from lib.agent.quality import (  # noqa: E402
+    QualityCalibration,
+    calibration_metrics,
+    choose_stop_threshold,
+    fit_isotonic,
+    nan_to_none,
+)
+from lib.agent.rollout import SCRIPT_BACKENDS, load_backend  # noqa: E402
+from lib.agent.settings import add_episode_args, episode_from_args  # noqa: E402
+from lib.data.dataset import Dataset, iter_slices  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--checkpoint", required=True, type=Path, help="compact policy folder (policy.pt + policy.json)")
+    p.add_argument("--data", required=True, action="append",
+                   help="DATASET_DIR[:SPLIT] with the validation cases (split default 'training'); repeatable")
+    p.add_argument("--cases", default=None, help="comma-separated case ids to use (default: every case of --data)")
+    p.add_argument("--labels", default=None, help="comma-separated label names (default: all the policy knows)")
+    p.add_argument("--modes", default="handoff,autonomous", help=f"comma-separated subset of {','.join(MODES)}")
+    p.add_argument("--max-slices-per-case", type=int, default=None)
+    p.add_argument("--min-area", type=int, default=20)
+    p.add_argument("--backend", default="litemedsam", choices=SCRIPT_BACKENDS)
+    p.add_argument("--tool-weights", default=None)
+    add_episode_args(p)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", required=True, type=Path, help="report folder")
+    p.add_argument("--dry-run", action="store_true", help="fit and report, but leave the checkpoint as it is")
+    args = p.parse_args(argv)
+    args.modes = [m for m in args.modes.split(",") if m]
+    if not args.modes or any(m not in MODES for m in args.modes):
+        p.error(f"--modes must be a subset of {','.join(MODES)}")
+    args.cases = {c.strip() for c in args.cases.split(",") if c.strip()} if args.cases else None
+    args.labels = [s.strip() for s in args.labels.split(",") if s.strip()] if args.labels else None
+    args.episode = episode_from_args(args, backend=args.backend)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    t0 = time.perf_counter()
+    ckpt = str(args.checkpoint)
+    policy = CompactPolicy.load(ckpt, calibration=None)  # judge with the raw value head
+    labels = args.labels or sorted(policy.labels)
+    tool = load_backend(args.backend, args.tool_weights, threads=args.threads)
+    ctx = PolicyContext(args.episode)
+    ctx.loaded[("compact", ckpt)] = policy
+    runs = [Run("compact", m, ckpt, name=m) for m in args.modes]
+    episodes: dict[str, list[dict]] = {m: [] for m in args.modes}
+    used_cases: set[str] = set()
+    for spec in args.data:
+        folder, _, split = spec.partition(":")
+        ds = Dataset.from_dir(folder)
+        known = [n for n in labels if n in ds.labels.values()]
+        samples = (s for s in iter_slices(ds, split or "training", labels=known, min_area=args.min_area,
+                                          max_per_case=args.max_slices_per_case)
+                   if args.cases is None or s.case_id in args.cases)
+        ev = evaluate_targets(tool, samples, runs, args.episode, seed=args.seed, measure_noc=False, context=ctx,
+                              desc=f"calibrate {Path(folder).name}")
+        used_cases |= {r["case_id"] for r in ev.rows}
+        for m in args.modes:
+            episodes[m] += ev.runs[m]
+    pairs = [p for m in args.modes for e in episodes[m] for p in e["quality_pairs"]]
+    if len(pairs) < 10:
+        raise SystemExit(f"only {len(pairs)} judged masks in {args.data} (cases {args.cases or 'all'}); "
+                         "calibration needs more validation targets")
+    pred, true = [p[0] for p in pairs], [p[1] for p in pairs]
+    cal = fit_isotonic(pred, true)
+    before = calibration_metrics(pred, true)
+    after = calibration_metrics([cal(q) for q in pred], true)
+    stop = choose_stop_threshold(episodes["handoff"], transform=cal) if "handoff" in episodes else None
+    fitted_on = {
+        "data": list(args.data), "cases": sorted(used_cases), "modes": args.modes, "seed": args.seed,
+        "n": len(pairs), "backend": args.backend, "tool_weights": args.tool_weights,
+        "before": {k: v for k, v in nan_to_none(before).items() if k != "bins"},
+        "after": {k: v for k, v in nan_to_none(after).items() if k != "bins"},
+        "stop_threshold": None if stop is None else stop["threshold"],
+        "stop_choice": None if stop is None else {"learned": stop["learned"], "gated": stop["gated"]},
+        "fitted_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    cal = QualityCalibration(cal.x, cal.y, cal.method, fitted_on)
+    args.out.mkdir(parents=True, exist_ok=True)
+    report = {"checkpoint": ckpt, "calibration": cal.to_dict(), "before": nan_to_none(before),
+              "after": nan_to_none(after), "stop_curve": None if stop is None else stop["curve"],
+              "wall_s": time.perf_counter() - t0}
+    (args.out / "calibration.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    plot_reliability(args.out / "reliability_fit.png", {"raw": nan_to_none(before), "calibrated": nan_to_none(after)},
+                     f"fitting pairs ({len(pairs)} masks, {len(used_cases)} cases)")
+    if not args.dry_run:
+        policy.calibration = cal
+        policy.save(ckpt)
+    s = fitted_on["stop_choice"]
+    print(f"quality calibration on {len(pairs)} judged masks ({', '.join(sorted(used_cases))}): Spearman "
+          f"{before['spearman']:.3f}, ECE {before['ece']:.3f} raw -> ECE {after['ece']:.3f} calibrated (in-sample); "
+          + (f"stop threshold {fitted_on['stop_threshold']} (hand-off Dice {s['gated']['dice']:.3f} in "
+             f"{s['gated']['turns']:.2f} turns vs learned {s['learned']['dice']:.3f} in {s['learned']['turns']:.2f})"
+             if s and s["gated"] else "no stop threshold saves a turn without losing Dice")
+          + ("" if args.dry_run else f"; stored in {ckpt}/policy.json"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
