@@ -176,3 +176,39 @@ def test_generate_trajectories_process_pool_matches_sequential(tiny_dataset, tmp
     a = {t.key: strip(t) for t in read_jsonl(seq)}
     b = {t.key: strip(t) for t in read_jsonl(par)}
     assert len(a) == 6 and a == b
+
+
+def test_calibrate_quality_then_evaluate_reports_raw_and_calibrated_quality(tiny_dataset, tmp_path):
+    from lib.agent.policies.compact import CompactPolicy
+    from lib.agent.policies.compact_config import CompactConfig
+
+    ckpt = tmp_path / "policy"
+    tiny = CompactConfig(size=64, box_bins=32, widths=(8, 16, 16, 32), label_dim=8, cond_dim=16, click_sigma=1.5)
+    CompactPolicy({"organ": 1, "kidney": 2}, tiny).save(ckpt)
+    calibrate = _load("calibrate_quality.py")
+    assert calibrate.main(["--checkpoint", str(ckpt), "--data", f"{tiny_dataset}:test", "--backend", "fake",
+                           "--max-turns", "3", "--out", str(tmp_path / "fit")]) == 0
+    stored = json.loads((ckpt / "policy.json").read_text())["quality_calibration"]
+    assert stored["method"] == "isotonic" and stored["fitted_on"]["cases"] == ["case_1", "case_2"]
+    assert stored["fitted_on"]["n"] >= 10 and stored["fitted_on"]["after"]["ece"] <= stored["fitted_on"]["before"]["ece"]
+    assert (tmp_path / "fit" / "reliability_fit.png").stat().st_size > 1000
+    assert CompactPolicy.load(ckpt).calibration is not None
+
+    evaluate = _load("evaluate.py")
+    out = tmp_path / "eval"
+    assert evaluate.main(["--dataset", str(tiny_dataset), "--split", "test", "--policy", "compact", "--checkpoint",
+                          str(ckpt), "--mode", "handoff", "--backend", "fake", "--max-turns", "3", "--baselines",
+                          "box", "--no-noc", "--gated-stop", "0.01", "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["baselines"]) == {"box", "gated"} and res["noc85"] != res["noc85"]  # NaN: not measured
+    q, raw = res["quality_calibration"], res["quality_calibration_raw"]
+    assert q["calibrated"] is True and raw["calibrated"] is False and q["n"] == raw["n"] >= 10
+    assert set(q) >= {"ece", "spearman", "mae", "bins", "per_label"} and set(q["per_label"]) == {"organ", "kidney"}
+    assert "tool_quality_calibration" in res and all(r["final_quality"] is not None for r in res["rows"])
+    # a gate at 0.01 stops every episode at the first judged non-empty mask: right after the hand-off box
+    assert res["baselines"]["gated"]["mean_turns"] <= res["mean_turns"]
+    assert res["baselines"]["gated"]["final_dice"] == pytest.approx(res["baselines"]["box"]["final_dice"])
+    assert (out / "reliability.png").stat().st_size > 1000
+    with pytest.raises(SystemExit):
+        evaluate.main(["--dataset", str(tiny_dataset), "--policy", "expert", "--gated-stop", "auto", "--backend",
+                       "fake", "--out", str(out)])
