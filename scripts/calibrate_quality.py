@@ -6,11 +6,12 @@
 
 The policy plays every (slice, label) target of the validation cases in hand-off and autonomous mode (the same
 episodes ``scripts/evaluate.py`` plays; one encoding per slice). Each mask the policy judges gives a pair
-(predicted quality, true IoU); an isotonic regression of the true IoU on the prediction (``lib.agent.quality``)
-becomes the policy's ``quality_calibration`` in ``policy.json`` (the weights are untouched), which the policy
-applies whenever it is loaded: the served ``quality`` then means "about this IoU on cases like the validation
-cases". The quality-gated stop threshold is chosen on the same hand-off episodes (the fewest turns at no loss of
-Dice against the learned stop) and stored with it (``CompactPolicy(stop_quality="auto")``).
+(predicted quality, the tool's IoU output of the same mask, true IoU). A logistic blend of the two predictions
+followed by an isotonic regression on the true IoU (``lib.agent.quality.fit_blend``; ``--inputs policy``: the value
+head alone, isotonic) becomes the policy's ``quality_calibration`` in ``policy.json`` (the weights are untouched),
+which the policy applies whenever it is loaded: the served ``quality`` then means "about this IoU on cases like
+the validation cases". The quality-gated stop threshold is chosen on the same hand-off episodes (the fewest turns
+at no loss of Dice against the learned stop) and stored with it (``CompactPolicy(stop_quality="auto")``).
 
 Use cases the policy was not trained on where you have them: a calibration fitted on training cases inherits the
 value head's optimism there. Measure the result on held-out cases with ``scripts/evaluate.py`` (its
@@ -36,6 +37,7 @@ from lib.agent.quality import (  # noqa: E402
     QualityCalibration,
     calibration_metrics,
     choose_stop_threshold,
+    fit_blend,
     fit_isotonic,
     nan_to_none,
 )
@@ -60,6 +62,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", required=True, type=Path, help="report folder")
+    p.add_argument("--inputs", default="policy,tool", choices=("policy,tool", "policy"),
+                   help="what the served quality blends: the value head and the tool's IoU output (default), or the "
+                        "value head alone")
     p.add_argument("--dry-run", action="store_true", help="fit and report, but leave the checkpoint as it is")
     args = p.parse_args(argv)
     args.modes = [m for m in args.modes.split(",") if m]
@@ -99,34 +104,40 @@ def main(argv: list[str] | None = None) -> int:
     if len(pairs) < 10:
         raise SystemExit(f"only {len(pairs)} judged masks in {args.data} (cases {args.cases or 'all'}); "
                          "calibration needs more validation targets")
-    pred, true = [p[0] for p in pairs], [p[1] for p in pairs]
-    cal = fit_isotonic(pred, true)
+    pred, true, tool_q = [p[0] for p in pairs], [p[1] for p in pairs], [p[2] for p in pairs]
+    cal = fit_blend(pred, tool_q, true) if args.inputs == "policy,tool" else fit_isotonic(pred, true)
     before = calibration_metrics(pred, true)
-    after = calibration_metrics([cal(q) for q in pred], true)
+    tool_only = calibration_metrics(tool_q, true)
+    after = calibration_metrics([cal(q, t) for q, t in zip(pred, tool_q, strict=True)], true)
     stop = choose_stop_threshold(episodes["handoff"], transform=cal) if "handoff" in episodes else None
     fitted_on = {
         "data": list(args.data), "cases": sorted(used_cases), "modes": args.modes, "seed": args.seed,
         "n": len(pairs), "backend": args.backend, "tool_weights": args.tool_weights,
         "before": {k: v for k, v in nan_to_none(before).items() if k != "bins"},
+        "tool": {k: v for k, v in nan_to_none(tool_only).items() if k != "bins"},
         "after": {k: v for k, v in nan_to_none(after).items() if k != "bins"},
         "stop_threshold": None if stop is None else stop["threshold"],
         "stop_choice": None if stop is None else {"learned": stop["learned"], "gated": stop["gated"]},
         "fitted_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    cal = QualityCalibration(cal.x, cal.y, cal.method, fitted_on)
+    cal = QualityCalibration(cal.x, cal.y, cal.method, fitted_on, cal.inputs, cal.weights, cal.fallback)
     args.out.mkdir(parents=True, exist_ok=True)
     report = {"checkpoint": ckpt, "calibration": cal.to_dict(), "before": nan_to_none(before),
+              "tool": nan_to_none(tool_only),
               "after": nan_to_none(after), "stop_curve": None if stop is None else stop["curve"],
               "wall_s": time.perf_counter() - t0}
     (args.out / "calibration.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-    plot_reliability(args.out / "reliability_fit.png", {"raw": nan_to_none(before), "calibrated": nan_to_none(after)},
+    plot_reliability(args.out / "reliability_fit.png", {"value head, raw": nan_to_none(before),
+                                                         "tool IoU output, raw": nan_to_none(tool_only),
+                                                         "served, calibrated": nan_to_none(after)},
                      f"fitting pairs ({len(pairs)} masks, {len(used_cases)} cases)")
     if not args.dry_run:
         policy.calibration = cal
         policy.save(ckpt)
     s = fitted_on["stop_choice"]
-    print(f"quality calibration on {len(pairs)} judged masks ({', '.join(sorted(used_cases))}): Spearman "
-          f"{before['spearman']:.3f}, ECE {before['ece']:.3f} raw -> ECE {after['ece']:.3f} calibrated (in-sample); "
+    print(f"quality calibration on {len(pairs)} judged masks ({', '.join(sorted(used_cases))}): value head Spearman "
+          f"{before['spearman']:.3f} ECE {before['ece']:.3f}, tool Spearman {tool_only['spearman']:.3f} ECE "
+          f"{tool_only['ece']:.3f} -> served Spearman {after['spearman']:.3f} ECE {after['ece']:.3f} (in-sample); "
           + (f"stop threshold {fitted_on['stop_threshold']} (hand-off Dice {s['gated']['dice']:.3f} in "
              f"{s['gated']['turns']:.2f} turns vs learned {s['learned']['dice']:.3f} in {s['learned']['turns']:.2f})"
              if s and s["gated"] else "no stop threshold saves a turn without losing Dice")

@@ -183,12 +183,13 @@ def turn_curves(traj: Trajectory, gt: np.ndarray, max_turns: int) -> dict[str, l
 
 def score_episode(traj: Trajectory, gt: np.ndarray, max_turns: int) -> dict[str, Any]:
     """One episode's scores against ``gt`` ((H, W) bool), with what the policy and the tool predicted of their
-    masks' quality: ``quality_pairs`` / ``tool_pairs`` ([predicted, true IoU] per judged mask, see
-    ``lib.agent.quality``) and ``decisions`` (per policy decision on a non-empty mask: its predicted quality and the
-    Dice, IoU and turns so far of the mask it judged: what a quality-gated stop there would have answered)."""
+    masks' quality: ``quality_pairs`` ([predicted, true IoU, tool IoU output] per mask the policy judged, see
+    ``lib.agent.quality``), ``tool_pairs`` ([tool IoU output, true IoU] of the same masks) and ``decisions`` (per
+    policy decision on a non-empty mask: its predicted quality, the tool's IoU output, and the Dice, IoU and turns
+    so far of the mask it judged: what a quality-gated stop there would have answered)."""
     curves = turn_curves(traj, gt, max_turns)
     stopped_by_budget = traj.stop_reason == "budget"
-    pairs = quality_pairs(traj.actions, traj.qualities, traj.ious, traj.final_quality, stopped_by_budget)
+    pairs = quality_pairs(traj.actions, traj.qualities, traj.ious, traj.final_quality, stopped_by_budget, traj.scores)
     return {
         "dice_per_turn": curves["dice"],
         "iou_per_turn": curves["iou"],
@@ -202,7 +203,7 @@ def score_episode(traj: Trajectory, gt: np.ndarray, max_turns: int) -> dict[str,
         "policy_ms": traj.timings["policy_ms"],
         "final_quality": traj.final_quality,
         "quality_pairs": [list(p) for p in pairs],
-        "tool_pairs": [[float(s), float(j)] for s, j in zip(traj.scores, traj.ious) if np.isfinite(s)],
+        "tool_pairs": [[p[2], p[1]] for p in pairs if np.isfinite(p[2])],
         "decisions": _decisions(traj),
     }
 
@@ -211,7 +212,8 @@ def _decisions(traj: Trajectory) -> list[dict[str, float]]:
     out, executed = [], 0
     for a, q in zip(traj.actions, traj.qualities, strict=False):
         if q is not None and 0 < executed <= len(traj.dices):
-            out.append({"quality": float(q), "dice": float(traj.dices[executed - 1]),
+            tool = float(traj.scores[executed - 1]) if executed <= len(traj.scores) else float("nan")
+            out.append({"quality": float(q), "tool": tool, "dice": float(traj.dices[executed - 1]),
                         "iou": float(traj.ious[executed - 1]), "turns": executed})
         if a.get("type") in ("box", "point") and "invalid" not in a:
             executed += 1
@@ -412,7 +414,7 @@ def quality_results(ev: Evaluation, run: str, calibration: QualityCalibration | 
     if calibration is not None:
         fields_.append(("quality_calibration_raw", "quality_pairs", None))
     for key, field_, transform in fields_:
-        pairs = [(r["label"], (transform(p[0]) if transform else p[0], p[1]))
+        pairs = [(r["label"], (transform(p[0], p[2]) if transform else p[0], p[1]))
                  for r, res in zip(ev.rows, ev.runs[run], strict=True) for p in res.get(field_, [])]
         if not pairs:
             continue

@@ -12,6 +12,7 @@ from lib.agent.quality import (
     QualityCalibration,
     calibration_metrics,
     choose_stop_threshold,
+    fit_blend,
     fit_isotonic,
     gated_stop,
     quality_pairs,
@@ -50,15 +51,30 @@ def test_isotonic_calibration_fixes_an_overconfident_head_and_is_monotone():
         QualityCalibration((0.0, 0.5, 1.0), (0.2, 0.1, 0.9))
 
 
+def test_blend_leans_on_the_input_that_ranks_and_falls_back_without_it():
+    rng = np.random.default_rng(1)
+    true = rng.uniform(0.1, 0.95, 500)
+    head = np.clip(0.5 + 0.1 * rng.normal(size=true.size) + 0.2 * (true - 0.5), 0.01, 0.99)  # weak, overconfident
+    tool = np.clip(true + 0.05 * rng.normal(size=true.size) + 0.1, 0.01, 0.99)  # ranks well, 0.1 too high
+    cal = fit_blend(head, tool, true)
+    assert cal.inputs == ("policy", "tool") and cal.weights[2] > abs(cal.weights[1])
+    served = [cal(q, t) for q, t in zip(head, tool, strict=True)]
+    m = calibration_metrics(served, true)
+    assert m["spearman"] > 0.9 > calibration_metrics(head, true)["spearman"] and m["ece"] < 0.05
+    assert cal(0.5, None) == cal.fallback(0.5)  # no tool output: the value head alone, calibrated
+    again = QualityCalibration.from_dict(cal.to_dict())
+    assert again(0.4, 0.7) == pytest.approx(cal(0.4, 0.7)) and again.fallback == cal.fallback
+
+
 def test_quality_pairs_skip_unjudged_and_empty_masks():
     actions = [{"type": "box"}, {"type": "point"}, {"type": "point", "invalid": "off"}, {"type": "stop"}]
     # the user's box was not judged (None); the policy judged the box's mask (0.7), the click's mask twice
-    pairs = quality_pairs(actions, [None, 0.7, 0.8, 0.9], ious=[0.6, 0.75])
-    assert pairs == [(0.7, 0.6), (0.8, 0.75), (0.9, 0.75)]
+    pairs = quality_pairs(actions, [None, 0.7, 0.8, 0.9], ious=[0.6, 0.75], scores=[0.9, 0.95])
+    assert pairs == [(0.7, 0.6, 0.9), (0.8, 0.75, 0.95), (0.9, 0.75, 0.95)]  # each with the tool's IoU output
     # an autonomous first decision sees an empty mask: left out; a budget end adds the final judgement
     pairs = quality_pairs([{"type": "box"}, {"type": "point"}], [0.1, 0.5], ious=[0.4, 0.8], final_quality=0.85,
                           stopped_by_budget=True)
-    assert pairs == [(0.5, 0.4), (0.85, 0.8)]
+    assert [p[:2] for p in pairs] == [(0.5, 0.4), (0.85, 0.8)] and np.isnan(pairs[0][2])
 
 
 def _episode(decisions, final_dice, turns):

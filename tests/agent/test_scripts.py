@@ -190,7 +190,8 @@ def test_calibrate_quality_then_evaluate_reports_raw_and_calibrated_quality(tiny
                            "--max-turns", "3", "--out", str(tmp_path / "fit")]) == 0
     stored = json.loads((ckpt / "policy.json").read_text())["quality_calibration"]
     assert stored["method"] == "isotonic" and stored["fitted_on"]["cases"] == ["case_1", "case_2"]
-    assert stored["fitted_on"]["n"] >= 10 and stored["fitted_on"]["after"]["ece"] <= stored["fitted_on"]["before"]["ece"]
+    fit = stored["fitted_on"]
+    assert fit["n"] >= 10 and fit["after"]["ece"] <= fit["before"]["ece"] and stored["inputs"] == ["policy", "tool"]
     assert (tmp_path / "fit" / "reliability_fit.png").stat().st_size > 1000
     assert CompactPolicy.load(ckpt).calibration is not None
 

@@ -9,7 +9,8 @@ After every ``act`` it exposes ``last_quality`` (the value head: predicted IoU i
 was shown, i.e. the mask BEFORE the action it returns; at Stop, the answer's quality) and
 ``last_log_prob`` (log-probability of the returned action under the temperature it was drawn with).
 With a ``QualityCalibration`` (``lib.agent.quality``, fitted on validation cases by ``scripts/calibrate_quality.py``
-and stored in ``policy.json``) ``last_quality`` is the calibrated value and ``last_quality_raw`` the head's own;
+and stored in ``policy.json``) ``last_quality`` is the calibrated value (a blend of the value head and the tool's
+IoU output of the same mask) and ``last_quality_raw`` the head's own;
 ``stop_quality`` turns on the quality-gated stop (Stop as soon as the mask shown is judged at least that good).
 
 Latency (256², 1.3 M parameters, measured on this project's 2-core CPU): 24-28 ms per decision with one torch
@@ -160,9 +161,13 @@ class CompactPolicy(Policy):
             raise ValueError(f"stop_quality must be None, 'auto' or a number in (0, 1], got {value!r}")
         return float(value)
 
-    def quality(self, raw: float) -> float:
-        """The served quality of a raw value-head output (calibrated when a calibration is set)."""
-        return self.calibration(raw) if self.calibration is not None else float(raw)
+    def quality(self, raw: float, info: Mapping[str, Any] | None = None) -> float:
+        """The served quality of a raw value-head output: calibrated when a calibration is set, blended with the
+        tool's IoU output of the same mask (``info["scores"][-1]``, the last executed action's) where it uses one."""
+        if self.calibration is None:
+            return float(raw)
+        scores = (info or {}).get("scores") or []
+        return self.calibration(raw, float(scores[-1]) if scores else None)
 
     # -- acting --------------------------------------------------------------------------------------
     def reset(self, obs: Mapping[str, Any], info: Mapping[str, Any], seed: int | None = None) -> None:
@@ -192,7 +197,7 @@ class CompactPolicy(Policy):
         """The (calibrated) predicted quality of the current mask, without choosing an action."""
         x, label, turn = self.features(obs, info)
         with torch.inference_mode():
-            return self.quality(float(torch.sigmoid(self._forward(x, label, turn)["quality"][0])))
+            return self.quality(float(torch.sigmoid(self._forward(x, label, turn)["quality"][0])), info)
 
     def act(self, obs: Mapping[str, Any], info: Mapping[str, Any]) -> Action:
         x, label, turn = self.features(obs, info)
@@ -202,7 +207,7 @@ class CompactPolicy(Policy):
             t, tc = (1.0, 1.0) if self.greedy else (self.temperature, self.coord_temperature)
             lp = log_prob(out, torch.tensor([code.kind]), torch.tensor([code.box]), torch.tensor([code.cell]), t, tc)
         self.last_quality_raw = float(torch.sigmoid(out["quality"][0]))
-        self.last_quality = self.quality(self.last_quality_raw)
+        self.last_quality = self.quality(self.last_quality_raw, info)
         self.last_log_prob = float(lp[0])
         shape = tuple(int(s) for s in np.asarray(obs["mask"]).shape)
         action = decode_action(code, shape, self.config)
