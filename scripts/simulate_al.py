@@ -115,6 +115,12 @@ class CampaignConfig:
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self), default=str))
 
+    def training_record(self) -> dict[str, Any]:
+        """What a labelled set's models and scores depend on (a cached set trained otherwise is refused)."""
+        keys = ("tool_steps", "sft_steps", "train_seed", "max_slices_per_case", "volume_slices_per_target",
+                "score_labels", "backend")
+        return {k: getattr(self, k) for k in keys}
+
 
 # -- the campaign (pure logic: a ``Lab`` trains, evaluates and scores) ----------------------------------------
 class Lab:
@@ -236,6 +242,40 @@ def plot(results: Mapping[str, Any], path: Path) -> Path:
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def markdown(results: Mapping[str, Any]) -> str:
+    """The campaign as Markdown: held-out mean 3D Dice per number of labelled images and strategy (mean and
+    min-max over seeds), then every seed's picks and curve."""
+    summary = results["summary"]
+    strategies = list(summary)
+    ns = sorted({int(n) for s in summary.values() for n in s["curve"]})
+    seeds = results["config"]["seeds"]
+    lines = [f"Held-out mean 3D Dice (mean over seeds {', '.join(map(str, seeds))}; min-max in brackets):", "",
+             "| labelled images | " + " | ".join(f"`{s}`" for s in strategies) + " |",
+             "|---|" + "---|" * len(strategies)]
+    for n in ns:
+        cells = []
+        for s in strategies:
+            c = summary[s]["curve"].get(str(n))
+            cells.append("" if c is None else f"{c['mean']:.3f} ({c['min']:.3f}-{c['max']:.3f})")
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    lines.append("| mean after the first round | " + " | ".join(f"{summary[s]['mean_after_first']:.3f}"
+                                                             for s in strategies) + " |")
+    lines += ["", "Per seed: the images each strategy labelled, in order, and the held-out Dice after each round "
+              "(chosen image's score: corrective actions / lowest predicted quality):", "",
+              "| seed | strategy | initial | picks (score) | held-out 3D Dice per round |", "|---|---|---|---|---|"]
+    for s in strategies:
+        for seed, rows in results["runs"][s].items():
+            picks = []
+            for r in rows[:-1]:
+                sc = r.get("score")
+                q = None if not sc else sc.get("agent_quality")
+                picks.append(r["chosen"] + ("" if not sc else f" ({sc['agent_turns']} / "
+                                            f"{'n/a' if q is None else f'{q:.2f}'})"))
+            lines.append(f"| {seed} | `{s}` | {', '.join(rows[0]['labelled'])} | {'; '.join(picks)} | "
+                         + " → ".join(f"{r['dice3d']:.3f}" for r in rows) + " |")
+    return "\n".join(lines)
 
 
 # -- the real lab: LiteMedSAM + the compact policy -----------------------------------------------------------
@@ -366,6 +406,10 @@ class RealLab(Lab):
 
         folder = self.cache / "sets" / set_name(labelled)
         if (folder / "train.json").is_file():
+            old = json.loads((folder / "train.json").read_text()).get("config")
+            if old is not None and old != self.cfg.training_record():
+                raise SystemExit(f"{folder} was trained with {old}, not {self.cfg.training_record()}; "
+                                 "use another --out")
             return folder
         trajs = [t for c in sorted(labelled) for t in self.trajectories(c)]
         t0 = time.perf_counter()
@@ -394,7 +438,7 @@ class RealLab(Lab):
         publish(scratch, folder / "policy")
         shutil.rmtree(scratch, ignore_errors=True)
         self._tick("sft", t1)
-        record = {"labelled": sorted(labelled), "n_trajectories": len(trajs),
+        record = {"labelled": sorted(labelled), "config": self.cfg.training_record(), "n_trajectories": len(trajs),
                   "tool": {"steps": info["steps"], "before": info["metrics"]["before"].get("dice_per_click"),
                            "after": info["metrics"]["after"].get("dice_per_click"), "seconds": t_tool},
                   "sft": {k: stats.get(k) for k in ("steps", "n_train_states", "train_loss", "time_s")}}
@@ -546,6 +590,8 @@ def parse_args(argv: list[str] | None = None) -> CampaignConfig:
     p.add_argument("--heldout-max-cases", type=int, default=None)
     p.add_argument("--threads", type=int, default=d.threads)
     p.add_argument("--figure", type=Path, default=None, help="also copy the plot here (docs/figures/...)")
+    p.add_argument("--report-only", action="store_true",
+                   help="only redraw the plot and report.md from <out>/results.json")
     p.add_argument("--quick", action="store_true",
                    help="a smoke run: 1 seed, 1 round, 5 steps each, 2 slices per image, 1 held-out case")
     a = p.parse_args(argv)
@@ -558,10 +604,21 @@ def parse_args(argv: list[str] | None = None) -> CampaignConfig:
         kw.update(seeds=kw["seeds"][:1], rounds=1, tool_steps=5, sft_steps=5, max_slices_per_case=2,
                   volume_slices_per_target=1, heldout_max_cases=1)
     try:
-        return CampaignConfig(**kw)
+        cfg = CampaignConfig(**kw)
+        cfg.extra["report_only"] = a.report_only
+        return cfg
     except ValueError as e:
         p.error(str(e))
         raise
+
+
+def write_report(results: Mapping[str, Any], cfg: CampaignConfig) -> None:
+    """``al_campaign.png`` (copied to ``cfg.figure``) and ``report.md`` in ``cfg.out``."""
+    png = plot(results, cfg.out / "al_campaign.png")
+    if cfg.figure is not None:
+        cfg.figure.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(png, cfg.figure)
+    (cfg.out / "report.md").write_text(markdown(results) + "\n", encoding="utf-8")
 
 
 def studies_folder(data: Path) -> Path:
@@ -575,6 +632,10 @@ def studies_folder(data: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_args(argv)
     cfg.out.mkdir(parents=True, exist_ok=True)
+    if cfg.extra.pop("report_only", False):
+        write_report(json.loads((cfg.out / "results.json").read_text()), cfg)
+        print(markdown(json.loads((cfg.out / "results.json").read_text())))
+        return 0
     log_path = cfg.out / "simulate_al.log"
     log_file = open(log_path, "a", encoding="utf-8")  # noqa: SIM115 - open for the whole run
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -610,10 +671,7 @@ def main(argv: list[str] | None = None) -> int:
                  for p in sorted((cfg.out / "cache" / "sets").glob("*")) if (p / "train.json").is_file()},
     })
     (cfg.out / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
-    png = plot(results, cfg.out / "al_campaign.png")
-    if cfg.figure is not None:
-        cfg.figure.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(png, cfg.figure)
+    write_report(results, cfg)
     for strategy, s in results["summary"].items():
         logger.info("%s: %s; mean after the first round %.3f", strategy,
                     {n: round(v["mean"], 3) for n, v in s["curve"].items()}, s["mean_after_first"])

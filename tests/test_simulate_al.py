@@ -84,6 +84,8 @@ def test_results_shape_summary_and_plot(tmp_path):
     json.dumps(res)  # results.json is plain JSON
     png = sim.plot(res, tmp_path / "figs" / "al.png")
     assert png.is_file() and png.stat().st_size > 1000
+    md = sim.markdown(res)
+    assert "| 3 | " in md and "`lowest_quality`" in md and f"{res['summary']['random']['mean_after_first']:.3f}" in md
 
 
 def test_config_is_validated(tmp_path):
