@@ -31,19 +31,13 @@ import json  # noqa: E402
 import time  # noqa: E402
 
 from lib.agent.eval_report import plot_reliability  # noqa: E402
-from lib.agent.evaluation import MODES, PolicyContext, Run, evaluate_targets  # noqa: E402
+from lib.agent.evaluation import MODES  # noqa: E402
 from lib.agent.policies.compact import CompactPolicy  # noqa: E402
-from lib.agent.quality import (  # noqa: E402
-    QualityCalibration,
-    calibration_metrics,
-    choose_stop_threshold,
-    fit_blend,
-    fit_isotonic,
-    nan_to_none,
-)
+from lib.agent.quality import nan_to_none  # noqa: E402
 from lib.agent.rollout import SCRIPT_BACKENDS, load_backend  # noqa: E402
 from lib.agent.settings import add_episode_args, episode_from_args  # noqa: E402
 from lib.data.dataset import Dataset, iter_slices  # noqa: E402
+from lib.learning.policy.calibration import fit_calibration  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -83,59 +77,38 @@ def main(argv: list[str] | None = None) -> int:
     policy = CompactPolicy.load(ckpt, calibration=None)  # judge with the raw value head
     labels = args.labels or sorted(policy.labels)
     tool = load_backend(args.backend, args.tool_weights, threads=args.threads)
-    ctx = PolicyContext(args.episode)
-    ctx.loaded[("compact", ckpt)] = policy
-    runs = [Run("compact", m, ckpt, name=m) for m in args.modes]
-    episodes: dict[str, list[dict]] = {m: [] for m in args.modes}
-    used_cases: set[str] = set()
+    groups, data = [], []
     for spec in args.data:
         folder, _, split = spec.partition(":")
         ds = Dataset.from_dir(folder)
         known = [n for n in labels if n in ds.labels.values()]
-        samples = (s for s in iter_slices(ds, split or "training", labels=known, min_area=args.min_area,
-                                          max_per_case=args.max_slices_per_case)
-                   if args.cases is None or s.case_id in args.cases)
-        ev = evaluate_targets(tool, samples, runs, args.episode, seed=args.seed, measure_noc=False, context=ctx,
-                              desc=f"calibrate {Path(folder).name}")
-        used_cases |= {r["case_id"] for r in ev.rows}
-        for m in args.modes:
-            episodes[m] += ev.runs[m]
-    pairs = [p for m in args.modes for e in episodes[m] for p in e["quality_pairs"]]
-    if len(pairs) < 10:
-        raise SystemExit(f"only {len(pairs)} judged masks in {args.data} (cases {args.cases or 'all'}); "
-                         "calibration needs more validation targets")
-    pred, true, tool_q = [p[0] for p in pairs], [p[1] for p in pairs], [p[2] for p in pairs]
-    cal = fit_blend(pred, tool_q, true) if args.inputs == "policy,tool" else fit_isotonic(pred, true)
-    before = calibration_metrics(pred, true)
-    tool_only = calibration_metrics(tool_q, true)
-    after = calibration_metrics([cal(q, t) for q, t in zip(pred, tool_q, strict=True)], true)
-    stop = choose_stop_threshold(episodes["handoff"], transform=cal) if "handoff" in episodes else None
-    fitted_on = {
-        "data": list(args.data), "cases": sorted(used_cases), "modes": args.modes, "seed": args.seed,
-        "n": len(pairs), "backend": args.backend, "tool_weights": args.tool_weights,
-        "before": {k: v for k, v in nan_to_none(before).items() if k != "bins"},
-        "tool": {k: v for k, v in nan_to_none(tool_only).items() if k != "bins"},
-        "after": {k: v for k, v in nan_to_none(after).items() if k != "bins"},
-        "stop_threshold": None if stop is None else stop["threshold"],
-        "stop_choice": None if stop is None else {"learned": stop["learned"], "gated": stop["gated"]},
-        "fitted_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    cal = QualityCalibration(cal.x, cal.y, cal.method, fitted_on, cal.inputs, cal.weights, cal.fallback)
+        groups.append(s for s in iter_slices(ds, split or "training", labels=known, min_area=args.min_area,
+                                             max_per_case=args.max_slices_per_case)
+                      if args.cases is None or s.case_id in args.cases)
+        data.append(f"{folder}:{split or 'training'}")
+    try:
+        fit = fit_calibration(policy, tool, groups, args.episode, modes=args.modes, seed=args.seed,
+                              inputs=args.inputs,
+                              meta={"data": data, "backend": args.backend, "tool_weights": args.tool_weights})
+    except ValueError as e:
+        raise SystemExit(f"{e} (data {args.data}, cases {sorted(args.cases) if args.cases else 'all'})") from None
+    cal, before, tool_only, after = fit.calibration, fit.before, fit.tool, fit.after
+    fitted_on, pairs_n, used_cases = cal.fitted_on, cal.fitted_on["n"], fit.cases
     args.out.mkdir(parents=True, exist_ok=True)
     report = {"checkpoint": ckpt, "calibration": cal.to_dict(), "before": nan_to_none(before),
               "tool": nan_to_none(tool_only),
-              "after": nan_to_none(after), "stop_curve": None if stop is None else stop["curve"],
+              "after": nan_to_none(after), "stop_curve": None if fit.stop is None else fit.stop["curve"],
               "wall_s": time.perf_counter() - t0}
     (args.out / "calibration.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     plot_reliability(args.out / "reliability_fit.png", {"value head, raw": nan_to_none(before),
                                                          "tool IoU output, raw": nan_to_none(tool_only),
                                                          "served, calibrated": nan_to_none(after)},
-                     f"fitting pairs ({len(pairs)} masks, {len(used_cases)} cases)")
+                     f"fitting pairs ({pairs_n} masks, {len(used_cases)} cases)")
     if not args.dry_run:
         policy.calibration = cal
         policy.save(ckpt)
     s = fitted_on["stop_choice"]
-    print(f"quality calibration on {len(pairs)} judged masks ({', '.join(sorted(used_cases))}): value head Spearman "
+    print(f"quality calibration on {pairs_n} judged masks ({', '.join(sorted(used_cases))}): value head Spearman "
           f"{before['spearman']:.3f} ECE {before['ece']:.3f}, tool Spearman {tool_only['spearman']:.3f} ECE "
           f"{tool_only['ece']:.3f} -> served Spearman {after['spearman']:.3f} ECE {after['ece']:.3f} (in-sample); "
           + (f"stop threshold {fitted_on['stop_threshold']} (hand-off Dice {s['gated']['dice']:.3f} in "

@@ -146,8 +146,9 @@ def _compact(env: SegmentationEnv, run: Run, box: Box, ctx: PolicyContext) -> Po
     from lib.agent.policies.compact import CompactPolicy
 
     raw = {"calibration": None} if run.raw_quality else {}
+    variant = (run.stop_quality, run.raw_quality) if run.stop_quality is not None or run.raw_quality else None
     return ctx.load("compact", run.checkpoint, lambda p: CompactPolicy.load(
-        p, device=ctx.device, stop_quality=run.stop_quality, **raw), variant=(run.stop_quality, run.raw_quality))
+        p, device=ctx.device, stop_quality=run.stop_quality, **raw), variant=variant)
 
 
 @register_policy("vlm")

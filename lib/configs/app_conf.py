@@ -65,6 +65,9 @@ class AppConf:
             (``demo/agent_policy``); ``serve.sh`` turns it on only when it serves the sample studies.
         scope: what ``agent`` / ``agent_handoff`` return by default (a request may send ``scope``):
             "volume" = the structure through the whole 3D image from one seed slice, "slice" = the seed slice only.
+        stop_quality: quality-gated stop of the compact policy: "" = its learned stop (default); "auto" = stop when
+            its calibrated quality reaches the threshold validated with its calibration (the learned stop where the
+            checkpoint has none); a number in (0, 1] = that threshold.
     """
 
     backends: tuple[str, ...] = BACKENDS
@@ -85,6 +88,7 @@ class AppConf:
     demo_policy: bool = False
     models_dir: str = ""
     scope: str = "volume"
+    stop_quality: str = ""
 
     def __post_init__(self) -> None:
         unknown = [b for b in self.backends if b not in BACKENDS]
@@ -101,6 +105,14 @@ class AppConf:
         if self.scope not in SCOPES:
             raise ValueError(f"--conf scope {self.scope!r}: use one of {', '.join(SCOPES)} (volume = the whole "
                              "structure in 3D, slice = one slice)")
+        if self.stop_quality not in ("", "auto"):
+            try:
+                ok = 0 < float(self.stop_quality) <= 1
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ValueError(f"--conf stop_quality {self.stop_quality!r}: use auto or a number in (0, 1] "
+                                 "(empty = the policy's learned stop)")
         if self.session_cache_mb <= 0:
             raise ValueError(f"--conf session_cache_mb must be > 0, got {self.session_cache_mb}")
         for name, v in self.labels.items():
@@ -128,7 +140,7 @@ class AppConf:
                     kw[key] = int(v)
                 except ValueError:
                     raise ValueError(f"--conf {key} {v!r}: expected an integer") from None
-            elif key in ("encoder_runtime", "scope"):
+            elif key in ("encoder_runtime", "scope", "stop_quality"):
                 kw[key] = v.strip().lower()
             elif key in ("preload", "demo_policy"):
                 kw[key] = _bool(key, v)

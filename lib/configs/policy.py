@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from lib.agent.policies.store import PolicyStore
 from lib.configs.app_conf import AppConf
 
+logger = logging.getLogger(__name__)
 
-def _load_compact(ckpt_dir: Path):
+
+def _load_compact(ckpt_dir: Path, stop_quality: str = ""):
     from lib.agent.policies.compact import CompactPolicy
 
-    return CompactPolicy.load(ckpt_dir)
+    if not stop_quality:
+        return CompactPolicy.load(ckpt_dir)
+    try:
+        threshold = stop_quality if stop_quality == "auto" else float(stop_quality)
+        return CompactPolicy.load(ckpt_dir, stop_quality=threshold)
+    except ValueError as e:  # "auto" on a checkpoint without a validated threshold: serve its learned stop
+        logger.warning("--conf stop_quality %s: %s; serving the policy's learned stop", stop_quality, e)
+        return CompactPolicy.load(ckpt_dir)
 
 
 def policy_store(conf: AppConf, policy_dir: Path) -> PolicyStore:
@@ -26,4 +36,4 @@ def policy_store(conf: AppConf, policy_dir: Path) -> PolicyStore:
             return VLMPolicy.from_pretrained(path, VLMConfig(device=conf.device if conf.device != "cpu" else "auto"))
 
         return PolicyStore(Path(conf.vlm_path), load_vlm, marker="config.json")
-    return PolicyStore(policy_dir, _load_compact)
+    return PolicyStore(policy_dir, lambda path: _load_compact(path, conf.stop_quality))

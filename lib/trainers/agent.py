@@ -76,7 +76,8 @@ class AgentTrainTask(TrainTask):
     def config(self) -> dict[str, Any]:
         # volume_slices_per_target: propagated slices per (image, label) whose start states the policy also
         # learns from (the states the volume agent meets when it serves); 0 = slice episodes only
-        return {"max_slices_per_case": 8, "volume_slices_per_target": 4, "seed": 0}
+        # calibrate_quality: fit the served quality's calibration on the held-out validation cases after training
+        return {"max_slices_per_case": 8, "volume_slices_per_target": 4, "seed": 0, "calibrate_quality": True}
 
     def volume_starts(self, req: dict[str, Any]):
         from lib.learning.policy.volume_data import VolumeStarts
@@ -149,6 +150,28 @@ class AgentTrainTask(TrainTask):
     def train(self, req: dict[str, Any], dataset: Dataset, out: Path, progress) -> dict[str, Any]:
         raise NotImplementedError
 
+    def calibrate(self, req: dict[str, Any], out: Path, samples: list, val_cases, progress) -> dict[str, Any]:
+        """Fit the trained policy's quality calibration on the validation cases' targets and store it in ``out``
+        (``lib.learning.policy.calibration``); stats say what was fitted, or why nothing was."""
+        from lib.agent.policies.compact import CompactPolicy
+        from lib.learning.policy.calibration import fit_calibration
+
+        if not req.get("calibrate_quality", True):
+            return {"quality_calibration": "off (request calibrate_quality: false)"}
+        val = [s for s in samples if s.case_id in set(val_cases or ())]
+        if not val:
+            return {"quality_calibration": "skipped: no validation case (label at least two images)"}
+        policy = CompactPolicy.load(out, calibration=None)
+        try:
+            fit = fit_calibration(policy, self.provider.tool, [val], self.settings, seed=int(req["seed"]),
+                                  meta={"backend": self.provider.name, "source": f"{self.name} validation cases"},
+                                  progress=progress)
+        except ValueError as e:
+            return {"quality_calibration": f"skipped: {e}"}
+        policy.calibration = fit.calibration
+        policy.save(out)
+        return {"quality_calibration": fit.summary()}
+
 
 class AgentSFTTask(AgentTrainTask):
     """Behaviour cloning of expert trajectories simulated from the final labels."""
@@ -177,6 +200,7 @@ class AgentSFTTask(AgentTrainTask):
             raise HTTPException(status_code=422, detail="the labelled images gave no usable expert trajectories "
                                 "(targets too small or labels not in the app's label set)")
         stats = train_sft(config, trajectories, out, self.labels, progress=progress, images=samples)
+        stats.update(self.calibrate(req, out, samples, stats.get("val_cases"), progress))
         return {"n_slices": len(samples), "n_trajectories": len(trajectories),
                 "n_volume_trajectories": len(volume), **stats}
 
@@ -199,4 +223,5 @@ class AgentRLTask(AgentTrainTask):
                           **({"steps": int(req["steps"])} if req.get("steps") else {}))
         stats = train_grpo(config, samples, self.provider.tool, self.policy_dir, out, progress=progress,
                            volumes=dataset)
+        stats.update(self.calibrate(req, out, samples, stats.get("val_cases"), progress))
         return {"n_slices": len(samples), **stats}

@@ -98,6 +98,9 @@ def test_sft_from_the_server_then_the_agent_segments_without_restart(agent_serve
     stats = info["train_stats"]["agent_sft"]
     assert stats["status"] == "done" and stats["n_images"] >= 2, stats
     assert stats["n_volume_trajectories"] >= 2 * stats["n_images"], stats  # the states the volume agent meets
+    cal = stats["quality_calibration"]  # fitted on the held-out validation case after training, stored with it
+    assert isinstance(cal, dict) and cal["n"] >= 10 and cal["cases"] == stats["val_cases"], stats
+    assert json.loads((agent_server.policy_dir / "policy.json").read_text())["quality_calibration"]["x"]
     assert info["agent"]["trained"] is True
     client = MONAILabelClient(agent_server.url, tmpdir=str(tmp_path))
     image_id, label_path = labelled(agent_server.studies)[0]
@@ -107,6 +110,7 @@ def test_sft_from_the_server_then_the_agent_segments_without_restart(agent_serve
     assert dice(pred, gt) >= 0.8, res
     assert res["turns"] >= 1 and res["actions"] and res["stop_reason"]
     assert all("predicted_quality" in a for a in res["actions"])
+    assert res["quality_calibrated"] is True and 0 <= res["quality"] <= 1 and "IoU" in res["quality_meaning"]
     assert res["label_names"] == {"liver": 1}
     # handoff: the user's box is the first action, the agent continues
     ii, jj = np.nonzero(gt)

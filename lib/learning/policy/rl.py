@@ -443,6 +443,7 @@ def _train_grpo(config: RLConfig, samples: Any, tool: Tool, init_dir: str | Path
         "best_step": best.step if (config.keep_best and val) else n_steps,
         "n_train_targets": len(train),
         "n_val_targets": len(val),
+        "val_cases": sorted({t.case_id for t in val}),
         "n_volume_starts": len(vol_train),
         "n_val_volume_starts": len(vol_val),
         "encodes": slices.cache.misses,
