@@ -178,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
             **({"tool (IoU output)": results["tool_quality_calibration"]}
                if results.get("tool_quality_calibration") else {})}, f"{args.policy} ({args.mode}), {args.split}")
     write_report(args.out / "report.md", results)
+    if results.get("quality_calibration"):
+        write_quality_pairs(args.out / "quality_pairs.csv", ev, args.policy, calibration if raw else None)
     print(
         f"{args.policy} ({args.mode}, {args.backend}): final Dice {results['final_dice']:.3f}, IoU "
         f"{results['final_iou']:.3f}, {results['mean_turns']:.2f} turns on {len(ev.rows)} targets; baselines "
@@ -185,6 +187,21 @@ def main(argv: list[str] | None = None) -> int:
         + f"; results in {args.out}"
     )
     return 0
+
+
+def write_quality_pairs(path: Path, ev, run: str, calibration) -> None:
+    """One row per mask the policy judged: where, the served quality (calibrated), the value head's raw one when
+    the run played raw, the tool's IoU output and the true IoU (for your own reliability analysis)."""
+    import csv
+
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["case_id", "slice_index", "label", "quality", "value_head_raw", "tool_iou_output", "true_iou"])
+        for row, res in zip(ev.rows, ev.runs[run], strict=True):
+            for q, true, tool in res.get("quality_pairs", []):
+                served = calibration(q, tool) if calibration is not None else q
+                w.writerow([row["case_id"], row["slice_index"], row["label"], f"{served:.4f}",
+                            f"{q:.4f}" if calibration is not None else "", f"{tool:.4f}", f"{true:.4f}"])
 
 
 def stored_calibration(checkpoint: str | None):

@@ -403,7 +403,7 @@ def slice_results(ev: Evaluation, run: str, baselines: Sequence[str], settings: 
 
 def quality_results(ev: Evaluation, run: str, calibration: QualityCalibration | None = None) -> dict[str, Any]:
     """``quality_calibration`` (the policy's predicted quality of each mask it judged against the true IoU: ``n``,
-    ``spearman``, ``ece``, ``mae``, reliability ``bins``, ``per_label``, ``calibrated``) and
+    ``spearman``, ``ece``, ``mae``, reliability ``bins``, ``per_label``, ``per_case``, ``calibrated``) and
     ``tool_quality_calibration`` (the same for the tool's own IoU output); absent when the policy / tool predicts none.
 
     ``calibration``: the policy's stored calibration when ``run`` was played with raw qualities
@@ -415,16 +415,16 @@ def quality_results(ev: Evaluation, run: str, calibration: QualityCalibration | 
     if calibration is not None:
         fields_.append(("quality_calibration_raw", "quality_pairs", None))
     for key, field_, transform in fields_:
-        pairs = [(r["label"], (transform(p[0], p[2]) if transform else p[0], p[1]))
+        pairs = [((r["label"], r["case_id"]), (transform(p[0], p[2]) if transform else p[0], p[1]))
                  for r, res in zip(ev.rows, ev.runs[run], strict=True) for p in res.get(field_, [])]
         if not pairs:
             continue
         metrics = nan_to_none(calibration_metrics([p[0] for _, p in pairs], [p[1] for _, p in pairs]))
-        metrics["per_label"] = {
-            label: {k: v for k, v in nan_to_none(calibration_metrics(
-                [p[0] for lab, p in pairs if lab == label], [p[1] for lab, p in pairs if lab == label])).items()
-                if k != "bins"}
-            for label in sorted({lab for lab, _ in pairs})}
+        for key_, idx in (("per_label", 0), ("per_case", 1)):
+            groups = sorted({g[idx] for g, _ in pairs})
+            metrics[key_] = {g: {k: v for k, v in nan_to_none(calibration_metrics(
+                [p[0] for h, p in pairs if h[idx] == g], [p[1] for h, p in pairs if h[idx] == g])).items()
+                if k != "bins"} for g in groups}
         metrics["calibrated"] = transform is not None
         out[key] = metrics
     return out

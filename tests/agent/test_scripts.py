@@ -210,6 +210,9 @@ def test_calibrate_quality_then_evaluate_reports_raw_and_calibrated_quality(tiny
     assert res["baselines"]["gated"]["mean_turns"] <= res["mean_turns"]
     assert res["baselines"]["gated"]["final_dice"] == pytest.approx(res["baselines"]["box"]["final_dice"])
     assert (out / "reliability.png").stat().st_size > 1000
+    assert set(q["per_case"]) == {"case_1", "case_2"}
+    lines = (out / "quality_pairs.csv").read_text().splitlines()
+    assert lines[0].startswith("case_id,slice_index,label,quality") and len(lines) == q["n"] + 1
     with pytest.raises(SystemExit):
         evaluate.main(["--dataset", str(tiny_dataset), "--policy", "expert", "--gated-stop", "auto", "--backend",
                        "fake", "--out", str(out)])
