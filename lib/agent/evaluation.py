@@ -378,7 +378,7 @@ def slice_results(ev: Evaluation, run: str, baselines: Sequence[str], settings: 
                "policy_ms_per_turn": res["policy_ms"] / max(res["turns"], 1),
                "handoff_box": r["handoff_box"] if handoff else None}
         for b in baselines:
-            row[f"{b}_dice"], row[f"{b}_iou"] = r[b]["dice"], r[b]["iou"]
+            row[f"{b}_dice"], row[f"{b}_iou"], row[f"{b}_turns"] = r[b]["dice"], r[b]["iou"], r[b]["turns"]
         rows.append(row)
     main = summarise(ev.runs[run])
     agg = aggregate([{k: v for k, v in r.items() if k not in ("slice_index", "handoff_box")} for r in rows])
