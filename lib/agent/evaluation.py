@@ -33,7 +33,14 @@ from lib.agent.metrics import dice, iou, noc
 from lib.agent.policies.base import Policy, Prefixed
 from lib.agent.policies.box import BoxPolicy
 from lib.agent.policies.ellipse import ellipse_mask
-from lib.agent.quality import QualityCalibration, calibration_metrics, nan_to_none, quality_pairs
+from lib.agent.quality import (
+    STOP_GRID,
+    QualityCalibration,
+    calibration_metrics,
+    gated_stop,
+    nan_to_none,
+    quality_pairs,
+)
 from lib.agent.rollout import episode_seed, rollout, sample_options, tool_name, window_slice
 from lib.agent.settings import EpisodeSettings
 from lib.agent.trajectories import Trajectory
@@ -427,4 +434,12 @@ def quality_results(ev: Evaluation, run: str, calibration: QualityCalibration | 
                 if k != "bins"} for g in groups}
         metrics["calibrated"] = transform is not None
         out[key] = metrics
+    if out.get("quality_calibration"):
+        # what a quality-gated stop would have answered at each threshold, replayed on these very episodes
+        # (exact for a greedy policy: the gate only ends episodes earlier)
+        episodes = ev.runs[run]
+        out["quality_gated_stop"] = {
+            "learned": {"dice": float(np.mean([e["final_dice"] for e in episodes])),
+                        "turns": float(np.mean([e["turns"] for e in episodes]))},
+            "curve": [gated_stop(episodes, t, calibration) for t in STOP_GRID]}
     return out
