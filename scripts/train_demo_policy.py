@@ -12,7 +12,12 @@ runs the ``data``, ``trajectories``, ``sft`` and ``rl`` stages of ``benchmarks/b
 (prompting ``all`` + local merge 0.5, as the app serves the agent; on 2 shared cores about 35 min of slice
 expert trajectories, 20 of volume ones, SFT 25, GRPO 20), then copies the GRPO checkpoint to ``--out`` with
 ``provenance.json`` (command, commit, data, seeds, the SFT/GRPO validation metrics). ``./scripts/serve.sh``
-serves it (``--conf demo_policy true``) until a policy is trained from the server's own labels.
+serves it (``--conf demo_policy true``) until a policy is trained from the server's own labels. Its quality estimate
+is then calibrated on the validation phantom and the real CT (the MR stays held out)::
+
+    python scripts/calibrate_quality.py --checkpoint demo/agent_policy \
+        --data runs/demo/sample-data/studies:training --cases ct_003,real_ct_001 --out runs/demo/calibration
+
 It knows the sample studies' 14 labels; two real scans are far too few to generalise to a hospital's scans.
 """
 
