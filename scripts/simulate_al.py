@@ -662,7 +662,9 @@ def main(argv: list[str] | None = None) -> int:
     bar.close()
     results.update({
         "heldout": [c.case_id for c in lab.heldout],
-        "seconds": {"total": time.perf_counter() - t0, **lab.seconds},
+        # this process only: a resumed run does not count what earlier runs cached (each set's train.json and
+        # eval.json keep their own seconds)
+        "seconds_this_run": {"total": time.perf_counter() - t0, **lab.seconds},
         "encoder_calls": lab.memo.calls,
         "notes": ("expert trajectories generated once per pool image with the released segmenter weights and reused "
                   "every round; training seeded with train_seed whatever the campaign seed (a labelled set is "
