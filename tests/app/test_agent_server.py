@@ -73,7 +73,7 @@ def test_agent_is_listed_and_explains_it_needs_training(agent_server, tmp_path):
     assert info["models"]["agent"]["type"] == "segmentation"
     assert info["models"]["agent_handoff"]["type"] == "deepgrow"
     assert {"agent_sft", "agent_rl"} <= set(info["trainers"])
-    assert "most_turns" in info["strategies"] and "agent_turns" in info["scoring"]
+    assert {"most_turns", "lowest_quality"} <= set(info["strategies"]) and "agent_turns" in info["scoring"]
     assert info["agent"]["trained"] is False
     image_id, _ = labelled(agent_server.studies)[0]
     r = requests.post(f"{agent_server.url}/infer/agent", params={"image": image_id, "output": "json"},
