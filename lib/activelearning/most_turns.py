@@ -6,41 +6,11 @@ The rank key lives in ``lib.activelearning.ranking`` (shared with ``scripts/simu
 
 from __future__ import annotations
 
-import logging
-from typing import Any
-
-from monailabel.interfaces.tasks.strategy import Strategy
-
+from lib.activelearning.agent_strategy import AgentRankedStrategy
 from lib.activelearning.ranking import most_turns_key
 
-logger = logging.getLogger(__name__)
 
-
-def rank_key(info: dict[str, Any], strategy_name: str) -> tuple:
-    """Sort key (ascending = served first)."""
-    return most_turns_key(info, strategy_name)
-
-
-def ranked(images: list[str], info_of, strategy_name: str = "most_turns") -> list[str]:
-    """``images`` in the order the strategy serves them (``info_of(image_id)`` -> the image's info)."""
-    from lib.activelearning.ranking import ranked as _ranked
-
-    return _ranked(images, info_of, strategy_name, key=most_turns_key)
-
-
-class MostTurns(Strategy):
+class MostTurns(AgentRankedStrategy):
     def __init__(self, name: str = "most_turns") -> None:
-        super().__init__("Unlabeled image where the agent needed the most corrective actions (ties: lowest "
-                         "predicted quality)")
-        self.name = name
-
-    def __call__(self, request: dict[str, Any], datastore) -> dict[str, Any] | None:
-        images = datastore.get_unlabeled_images()
-        if not images:
-            return None
-        best = ranked(images, datastore.get_image_info, self.name)[0]
-        info = datastore.get_image_info(best)
-        logger.info("most_turns -> %s (agent_turns=%s, per label %s)", best, info.get("agent_turns"),
-                    info.get("agent_actions_per_label"))
-        return {"id": best, "agent_turns": info.get("agent_turns"), "agent_quality": info.get("agent_quality"),
-                "agent_actions_per_label": info.get("agent_actions_per_label")}
+        super().__init__(name, "Unlabeled image where the agent needed the most corrective actions (ties: lowest "
+                         "predicted quality)", most_turns_key, "agent_actions_per_label")

@@ -4,8 +4,8 @@ from types import SimpleNamespace
 
 from lib.activelearning.agent_turns import AgentTurnsScoring, agent_info, corrective_actions
 from lib.activelearning.lowest_quality import LowestQuality
-from lib.activelearning.most_turns import MostTurns, ranked
-from lib.activelearning.ranking import lowest_quality_key, most_turns_key
+from lib.activelearning.most_turns import MostTurns
+from lib.activelearning.ranking import lowest_quality_key, most_turns_key, ranked
 from lib.activelearning.ranking import ranked as ranked_by
 
 
