@@ -205,14 +205,10 @@ def write_quality_pairs(path: Path, ev, run: str, calibration) -> None:
 
 
 def stored_calibration(checkpoint: str | None):
-    """The quality calibration stored in a compact checkpoint's policy.json (None when it has none)."""
-    from lib.agent.quality import QualityCalibration
+    """The quality calibration stored in a compact checkpoint (None when it has none)."""
+    from lib.agent.policies.compact import CompactPolicy
 
-    meta = Path(checkpoint or "") / "policy.json"
-    if not checkpoint or not meta.is_file():
-        return None
-    stored = json.loads(meta.read_text(encoding="utf-8")).get("quality_calibration")
-    return QualityCalibration.from_dict(stored) if stored else None
+    return CompactPolicy.load(checkpoint).calibration if checkpoint else None
 
 
 def evaluate_volume_scope(args: argparse.Namespace, ds: Dataset, tool) -> int:

@@ -38,6 +38,8 @@ from lib.agent.quality import (
     QualityCalibration,
     calibration_metrics,
     gated_stop,
+    judged_masks,
+    learned_stop,
     nan_to_none,
     quality_pairs,
 )
@@ -217,15 +219,9 @@ def score_episode(traj: Trajectory, gt: np.ndarray, max_turns: int) -> dict[str,
 
 
 def _decisions(traj: Trajectory) -> list[dict[str, float]]:
-    out, executed = [], 0
-    for a, q in zip(traj.actions, traj.qualities, strict=False):
-        if q is not None and 0 < executed <= len(traj.dices):
-            tool = float(traj.scores[executed - 1]) if executed <= len(traj.scores) else float("nan")
-            out.append({"quality": float(q), "tool": tool, "dice": float(traj.dices[executed - 1]),
-                        "iou": float(traj.ious[executed - 1]), "turns": executed})
-        if a.get("type") in ("box", "point") and "invalid" not in a:
-            executed += 1
-    return out
+    return [{"quality": q, "tool": float(traj.scores[n - 1]) if n <= len(traj.scores) else float("nan"),
+             "dice": float(traj.dices[n - 1]), "iou": float(traj.ious[n - 1]), "turns": n}
+            for q, n in judged_masks(traj.actions, traj.qualities) if n <= len(traj.dices)]
 
 
 def score_mask(mask: np.ndarray, gt: np.ndarray, max_turns: int) -> dict[str, Any]:
@@ -439,7 +435,6 @@ def quality_results(ev: Evaluation, run: str, calibration: QualityCalibration | 
         # (exact for a greedy policy: the gate only ends episodes earlier)
         episodes = ev.runs[run]
         out["quality_gated_stop"] = {
-            "learned": {"dice": float(np.mean([e["final_dice"] for e in episodes])),
-                        "turns": float(np.mean([e["turns"] for e in episodes]))},
+            "learned": learned_stop(episodes),
             "curve": [gated_stop(episodes, t, calibration) for t in STOP_GRID]}
     return out

@@ -224,21 +224,33 @@ def quality_pairs(actions: Sequence[Mapping[str, Any]], qualities: Sequence[floa
     Decisions on an empty mask (nothing executed yet: an autonomous first turn) are left out: the answer there
     is trivially 0 and would flatter the correlation.
     """
-    out: list[tuple[float, float, float]] = []
-    executed = 0
-
-    def pair(q: float, n: int) -> tuple[float, float, float]:
-        tool = float(scores[n - 1]) if scores is not None and n <= len(scores) else float("nan")
-        return float(q), float(ious[n - 1]), tool
-
-    for a, q in zip(actions, qualities, strict=False):
-        if q is not None and 0 < executed <= len(ious):
-            out.append(pair(q, executed))
-        if a.get("type") in ("box", "point") and "invalid" not in a:
-            executed += 1
+    judged = [(q, n) for q, n in judged_masks(actions, qualities) if n <= len(ious)]
+    executed = sum(1 for a in actions if _executed(a))
     if stopped_by_budget and final_quality is not None and 0 < executed <= len(ious):
-        out.append(pair(final_quality, executed))
+        judged.append((float(final_quality), executed))
+    return [(q, float(ious[n - 1]), float(scores[n - 1]) if scores is not None and n <= len(scores) else float("nan"))
+            for q, n in judged]
+
+
+def judged_masks(actions: Sequence[Mapping[str, Any]], qualities: Sequence[float | None]) -> list[tuple[float, int]]:
+    """(predicted quality, n) per policy decision on a non-empty mask: the mask judged is the one after the n-th
+    executed Box/Point action (n >= 1). Arguments as in ``quality_pairs``."""
+    out, executed = [], 0
+    for a, q in zip(actions, qualities, strict=False):
+        if q is not None and executed > 0:
+            out.append((float(q), executed))
+        executed += _executed(a)
     return out
+
+
+def _executed(action: Mapping[str, Any]) -> bool:
+    return action.get("type") in ("box", "point") and "invalid" not in action
+
+
+def learned_stop(episodes: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """Mean Dice and turns of recorded episodes as the policy ended them (``score_episode`` results)."""
+    return {"dice": float(np.mean([e["final_dice"] for e in episodes])),
+            "turns": float(np.mean([e["turns"] for e in episodes]))}
 
 
 def _pairs_array(predicted: Sequence[float], true: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -295,8 +307,7 @@ def choose_stop_threshold(episodes: Sequence[Mapping[str, Any]], transform: Qual
     (ties: the higher Dice, then the higher threshold); None when no threshold saves a turn without losing Dice.
     Returns ``{"threshold", "learned": {dice, turns}, "gated": {...} | None, "curve": [...]}``.
     """
-    learned = {"dice": float(np.mean([e["final_dice"] for e in episodes])),
-               "turns": float(np.mean([e["turns"] for e in episodes]))}
+    learned = learned_stop(episodes)
     curve = [gated_stop(episodes, t, transform) for t in grid]
     ok = [c for c in curve if c["dice"] >= learned["dice"] - 1e-9 and c["turns"] < learned["turns"] - 1e-9]
     best = min(ok, key=lambda c: (c["turns"], -c["dice"], -c["threshold"])) if ok else None
