@@ -2,7 +2,8 @@
 
 Source: the source distribution of ``totalsegmentator==2.18.0`` (Apache-2.0), fetched from the Python
 package registry once, checked against its pinned SHA-256 and cached OUTSIDE the repository (default
-``~/.cache/medsam-agent/``, or ``$MEDSAM_AGENT_CACHE``). Only four of its files are kept:
+``~/.cache/medsam-agent/``, or ``$MEDSAM_AGENT_CACHE``; the fetch, cache and reorientation code is
+:mod:`lib.data.sdist_cache`, shared with :mod:`lib.data.real_lesions`). Only four of its files are kept:
 
 - ``tests/reference_files/example_ct_sm.nii.gz`` + ``example_seg.nii.gz``: an abdominal CT (HU, non-contrast:
   aorta ~42 HU) of (I, J, K) = (122, 101, 30) voxels at 3 mm isotropic, and the ``total`` task's multi-label
@@ -36,14 +37,6 @@ direction diag(-1, -1, 1)); the MR already has the identity direction.
 from __future__ import annotations
 
 import ast
-import hashlib
-import json
-import os
-import shutil
-import tarfile
-import tempfile
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,8 +44,15 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from lib.data import sdist_cache
 from lib.data.io import Volume, save_label_like
 from lib.data.phantoms import LABELS as PHANTOM_LABELS
+from lib.data.sdist_cache import CACHE_ENV as CACHE_ENV
+from lib.data.sdist_cache import MANIFEST as MANIFEST
+from lib.data.sdist_cache import RealSamplesUnavailable as RealSamplesUnavailable
+from lib.data.sdist_cache import cache_root as cache_root
+from lib.data.sdist_cache import label_on_image_grid as label_on_image_grid
+from lib.data.sdist_cache import same_grid as _same_grid  # noqa: F401 - used by the tests
 
 SDIST_NAME = "totalsegmentator-2.18.0.tar.gz"
 SDIST_URL = (
@@ -63,9 +63,7 @@ SDIST_SHA256 = "5d4223ef93973bc36d710869d11e7742ead2c154c72f7f9edcaaadd5b6c4bd03
 SDIST_BYTES = 38_049_988
 #: folder inside the cache that holds the extracted files (one per pinned sdist, so a new pin never mixes)
 CACHE_SUBDIR = "totalsegmentator-2.18.0"
-CACHE_ENV = "MEDSAM_AGENT_CACHE"
 FETCH_COMMAND = "python scripts/fetch_real_samples.py"
-MANIFEST = "manifest.json"
 
 _PREFIX = "totalsegmentator-2.18.0/"
 _REFERENCE = _PREFIX + "tests/reference_files/"
@@ -132,70 +130,24 @@ SAMPLES: dict[str, RealSample] = {
 }
 
 
-class RealSamplesUnavailable(RuntimeError):
-    """The real samples are not in the cache and could not be fetched; the message says what to run."""
-
-
-def cache_root(cache: str | Path | None = None) -> Path:
-    """The cache folder: ``cache`` if given, else ``$MEDSAM_AGENT_CACHE``, else ``~/.cache/medsam-agent``."""
-    if cache is not None:
-        return Path(cache).expanduser()
-    env = os.environ.get(CACHE_ENV, "").strip()
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "medsam-agent"
-
-
 def samples_dir(cache: str | Path | None = None) -> Path:
     """Folder holding the four extracted files and ``manifest.json``."""
-    return cache_root(cache) / CACHE_SUBDIR
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return sdist_cache.cached_dir(SDIST, cache)
 
 
 def is_cached(cache: str | Path | None = None) -> bool:
     """True when every extracted file is present and matches the checksum recorded when it was extracted."""
-    folder = samples_dir(cache)
-    try:
-        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
-        files = manifest["files"]
-        return set(files) == set(MEMBERS) and all(
-            (folder / name).is_file() and _sha256(folder / name) == digest for name, digest in files.items()
-        )
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
+    return sdist_cache.is_cached(SDIST, cache)
 
 
 def unavailable_message(cache: str | Path | None = None, reason: str | None = None) -> str:
     """What to run to get the real samples (used by every caller that needs them)."""
-    why = f" ({reason})" if reason else ""
-    return (
-        f"real sample studies not available{why}: they are not in the cache {samples_dir(cache)}. Run "
-        f"`{FETCH_COMMAND}` once on a machine that can reach the Python package registry (it downloads the "
-        f"{SDIST_BYTES / 1e6:.0f} MB totalsegmentator 2.18.0 sdist from PyPI), or download {SDIST_URL} yourself and "
-        f"run `{FETCH_COMMAND} --sdist FILE`. Set {CACHE_ENV} to use another cache folder. The synthetic "
-        "phantoms work without them."
-    )
+    return sdist_cache.unavailable_message(SDIST, cache, reason)
 
 
 def require(cache: str | Path | None = None) -> Path:
     """The samples folder, or :class:`RealSamplesUnavailable` saying what to run. Never touches the network."""
-    if not is_cached(cache):
-        raise RealSamplesUnavailable(unavailable_message(cache))
-    return samples_dir(cache)
-
-
-def _download(url: str, dest: Path, timeout: float, log: Callable[[str], None]) -> None:
-    log(f"[real-samples] downloading {url}")
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r, open(dest, "wb") as f:
-            shutil.copyfileobj(r, f, length=1 << 20)
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        raise RealSamplesUnavailable(f"download of {url} failed: {getattr(e, 'reason', e)}") from e
+    return sdist_cache.require(SDIST, cache)
 
 
 def class_map_from_source(source: str) -> dict[str, dict[int, str]]:
@@ -221,21 +173,18 @@ def check_class_ids(class_map: Mapping[str, Mapping[int, str]]) -> None:
         raise ValueError("TotalSegmentator class ids differ from the pinned map: " + "; ".join(wrong))
 
 
-def _extract(archive: Path, dest: Path) -> dict[str, str]:
-    """Extract the four files of :data:`MEMBERS` into ``dest`` (nothing else is written); check the class map."""
-    with tarfile.open(archive, "r:gz") as tar:
-        by_name = {m.name: m for m in tar.getmembers() if m.isfile()}
-        missing = [m for m in [*MEMBERS.values(), CLASS_MAP_MEMBER] if m not in by_name]
-        if missing:
-            raise RealSamplesUnavailable(f"{archive} lacks {missing}: not the totalsegmentator 2.18.0 sdist?")
-        source = tar.extractfile(by_name[CLASS_MAP_MEMBER]).read().decode("utf-8")
-        check_class_ids(class_map_from_source(source))
-        digests = {}
-        for name, member in MEMBERS.items():
-            data = tar.extractfile(by_name[member]).read()
-            (dest / name).write_bytes(data)
-            digests[name] = hashlib.sha256(data).hexdigest()
-    return digests
+def _check_sdist(read: Callable[[str], bytes]) -> None:
+    """The sdist's own class map must give our class ids our names (checked on every fetch)."""
+    check_class_ids(class_map_from_source(read(CLASS_MAP_MEMBER).decode("utf-8")))
+
+
+#: the pinned archive and the four files kept from it (fetch/cache logic: lib.data.sdist_cache)
+SDIST = sdist_cache.PinnedSdist(
+    title="totalsegmentator 2.18.0", url=SDIST_URL, sha256=SDIST_SHA256, n_bytes=SDIST_BYTES,
+    cache_subdir=CACHE_SUBDIR, members=MEMBERS, what="real sample studies", fetch_command=FETCH_COMMAND,
+    log_tag="[real-samples]", labels_are="TotalSegmentator's output (a model), not expert annotations",
+    extra_members=(CLASS_MAP_MEMBER,), check=_check_sdist,
+)
 
 
 def fetch(
@@ -258,66 +207,7 @@ def fetch(
         RealSamplesUnavailable: download failed, wrong checksum or not the expected archive; the message
             says what to run.
     """
-    if is_cached(cache):
-        return samples_dir(cache)
-    root = cache_root(cache)
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=".fetch-", dir=root))
-    except OSError as e:
-        raise RealSamplesUnavailable(unavailable_message(cache, f"cannot write the cache: {e}")) from e
-    try:
-        archive = Path(sdist) if sdist is not None else work / SDIST_NAME
-        if sdist is None:
-            try:
-                _download(url, archive, timeout, log)
-            except RealSamplesUnavailable as e:
-                raise RealSamplesUnavailable(unavailable_message(cache, str(e))) from e
-        elif not archive.is_file():
-            raise RealSamplesUnavailable(unavailable_message(cache, f"no file {archive}"))
-        digest = _sha256(archive)
-        if digest != sha256:
-            raise RealSamplesUnavailable(unavailable_message(
-                cache, f"{archive.name} has SHA-256 {digest}, expected {sha256} (corrupted or a different file)"))
-        files = work / CACHE_SUBDIR
-        files.mkdir()
-        try:
-            digests = _extract(archive, files)
-        except (tarfile.TarError, OSError, ValueError) as e:
-            raise RealSamplesUnavailable(unavailable_message(cache, f"cannot extract {archive}: {e}")) from e
-        manifest = {"source": url if sdist is None else str(archive), "sdist_sha256": sha256,
-                    "members": MEMBERS, "files": digests,
-                    "labels_are": "TotalSegmentator's output (a model), not expert annotations"}
-        (files / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
-        final = samples_dir(cache)
-        if final.exists() and not is_cached(cache):
-            shutil.rmtree(final)  # a damaged earlier cache
-        try:
-            os.replace(files, final)
-        except OSError:
-            if not is_cached(cache):  # else a concurrent fetch won the race with identical files
-                raise
-        log(f"[real-samples] cached {', '.join(sorted(MEMBERS))} in {final}")
-        return final
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
-
-def _same_grid(a: sitk.Image, b: sitk.Image, tol: float = 1e-3) -> bool:
-    return a.GetSize() == b.GetSize() and all(
-        np.allclose(x, y, atol=tol)
-        for x, y in ((a.GetSpacing(), b.GetSpacing()), (a.GetOrigin(), b.GetOrigin()),
-                     (a.GetDirection(), b.GetDirection()))
-    )
-
-
-def label_on_image_grid(label: sitk.Image, image: sitk.Image) -> sitk.Image:
-    """``label`` on ``image``'s voxel grid: unchanged when the geometry already matches (size, spacing,
-    origin, direction within 1e-3 mm), else resampled with nearest neighbour (class ids never blend) and 0
-    outside the label's extent."""
-    if _same_grid(label, image):
-        return label
-    return sitk.Resample(label, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, label.GetPixelID())
+    return sdist_cache.fetch(SDIST, cache, url=url, sha256=sha256, sdist=sdist, timeout=timeout, log=log)
 
 
 def map_class_ids(seg: np.ndarray, class_ids: Mapping[int, str], min_voxels: int = MIN_VOXELS) -> np.ndarray:
@@ -353,25 +243,15 @@ def load_sample(name: str, cache: str | Path | None = None, min_voxels: int = MI
     """
     sample = SAMPLES[name]
     folder = require(cache)
-    img = sitk.ReadImage(str(folder / sample.image_file))
-    seg = label_on_image_grid(sitk.ReadImage(str(folder / sample.label_file)), img)
-    img, seg = sitk.DICOMOrient(img, "LPS"), sitk.DICOMOrient(seg, "LPS")
-    array = sitk.GetArrayFromImage(img)
-    if array.dtype != np.int16:
-        array = np.clip(np.rint(array), -32768, 32767).astype(np.int16)
-    image = sitk.GetImageFromArray(array)
-    image.CopyInformation(img)
-    label = map_class_ids(sitk.GetArrayFromImage(seg), sample.class_ids, min_voxels)
-    return Volume(array=array, image=image, path=None, modality=sample.modality), label
+    image, seg = sdist_cache.read_study(folder / sample.image_file, folder / sample.label_file, sample.modality)
+    return image, map_class_ids(seg, sample.class_ids, min_voxels)
 
 
 def write_sample(name: str, image_path: str | Path, label_path: str | Path,
                  cache: str | Path | None = None) -> tuple[Volume, np.ndarray]:
     """Write one study's image (compressed NIfTI/NRRD, int16) and label map (same geometry); returns them."""
     image, label = load_sample(name, cache)
-    Path(image_path).parent.mkdir(parents=True, exist_ok=True)
-    sitk.WriteImage(image.image, str(image_path), useCompression=True)
-    save_label_like(label, image, label_path)
+    sdist_cache.write_study(image, label, image_path, label_path)
     return image, label
 
 
@@ -414,8 +294,7 @@ def write_msd_dataset(out: str | Path, cache: str | Path | None = None) -> Path:
         "numTest": len(entries["test"]),
         **entries,
     }
-    (out / "dataset.json").write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
-    return out
+    return sdist_cache.write_dataset_json(out, spec)
 
 
 def write_adaptation_dataset(out: str | Path, train: str, test: str, n_slabs: int = 4,
@@ -468,5 +347,4 @@ def write_adaptation_dataset(out: str | Path, train: str, test: str, n_slabs: in
         "training": training,
         "test": [{"image": f"imagesTs/{file}", "label": f"labelsTs/{file}", "modality": SAMPLES[test].modality}],
     }
-    (out / "dataset.json").write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
-    return out
+    return sdist_cache.write_dataset_json(out, spec)
