@@ -21,6 +21,7 @@ from typing import Any
 from monailabel.interfaces.tasks.scoring import ScoringMethod
 
 from lib.activelearning.ranking import agent_info, corrective_actions  # noqa: F401  (pure; re-exported)
+from lib.data.label_names import resolve
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +39,8 @@ class AgentTurnsScoring(ScoringMethod):
         policy = self.agent.store.get()
         if policy is None:
             return {"scored": 0, "reason": "no trained agent policy yet (run agent_sft first)"}
-        wanted = request.get("labels") or [n for n in self.labels if n in getattr(policy, "labels", self.labels)]
+        trained = getattr(policy, "labels", self.labels)
+        wanted = request.get("labels") or [n for n in self.labels if resolve(n, trained) is not None]
         options = {k: request[k] for k in ("slice", "scope") if request.get(k) is not None}
         scored, failed = {}, {}
         images = datastore.get_unlabeled_images()

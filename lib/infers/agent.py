@@ -34,7 +34,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
 from lib.agent.actions import Action, Box, Point
 from lib.agent.env import SegmentationEnv
-from lib.agent.policies.base import Policy, Prefixed
+from lib.agent.policies.base import Policy, Prefixed, StopPolicy
 from lib.agent.policies.store import PolicyStore
 from lib.agent.quality import QUALITY_MEANING
 from lib.agent.rollout import rollout
@@ -44,6 +44,7 @@ from lib.configs.app_conf import SCOPES
 from lib.data.ijk import request_to_slice_prompts
 from lib.data.intensity import Windowing
 from lib.data.io import Volume, load_image, result_extension, save_label_like
+from lib.data.label_names import resolve
 from lib.data.slices import slice_key, volume_slice
 from lib.infers.errors import client_errors
 from lib.tools.provider import ToolProvider
@@ -85,13 +86,15 @@ def scope_of(request: dict, default: str) -> str:
 
 
 def target_of(request: dict, labels: dict[str, int]) -> tuple[str, int]:
-    """The target label (``target`` or Slicer's ``label``), validated against the app's label set."""
+    """The target label (``target`` or Slicer's ``label``) as the app's label set spells it ("Right Kidney" and
+    "RK" are ``kidney_right``: ``lib.data.label_names.resolve``), and its value."""
     name = request.get("target") or request.get("label")
     if not name:
         raise ValueError(f"say which structure to segment: send `label` (one of {sorted(labels)})")
-    if name not in labels:
+    known = resolve(str(name), labels)
+    if known is None:
         raise ValueError(f"unknown label {name!r}; valid labels: {sorted(labels)}")
-    return str(name), labels[name]
+    return known, labels[known]
 
 
 def handoff_actions(request: dict, size_ijk) -> tuple[int | None, list[Action]]:
@@ -164,18 +167,29 @@ class AgentInfer(InferTask):
             name, value = target_of(request, self.labels)
             scope = scope_of(request, self.scope)
             policy = self.store.get()
-            if policy is None or name not in getattr(policy, "labels", {name: 0}):
-                trained = sorted(getattr(policy, "labels", {})) if policy is not None else []
-                raise HTTPException(status_code=409, detail=(
-                    f"no trained agent policy for label {name!r} (trained labels: {trained or 'none'}); "
-                    f"{self.train_hint} once images with final labels of {name!r} are in the datastore, "
-                    "or run scripts/train_sft.py and put the checkpoint in the app's model/agent folder"))
+            trained = getattr(policy, "labels", None) if policy is not None else {}
+            untrained = trained is not None and resolve(name, trained) is None
             vol = load_image(request["image"])
             size_ijk = tuple(reversed(vol.spatial_shape))
             if self.handoff:
                 slice_index, prefix = handoff_actions(request, size_ijk)
             else:
                 slice_index, prefix = self._slice(request, vol), []
+            fallback = None
+            if untrained:
+                if not prefix:  # nothing to start from: the policy would have to find the structure itself
+                    raise HTTPException(status_code=409, detail=(
+                        f"no trained agent policy for label {name!r} (trained labels: {sorted(trained) or 'none'}); "
+                        f"{self.train_hint} once images with final labels of {name!r} are in the datastore, "
+                        "or run scripts/train_sft.py and put the checkpoint in the app's model/agent folder; "
+                        "meanwhile agent_handoff with a box segments it without corrections"))
+                # the user's prompts still say where the structure is: the segmenter answers them and (volume
+                # scope) propagates, with nobody correcting; better than refusing a label the app defines
+                policy = StopPolicy()
+                fallback = (f"no trained agent policy for label {name!r}: your prompts were answered by the "
+                            f"segmenter{' and propagated' if scope == 'volume' else ''} without the agent's "
+                            f"corrections; {self.train_hint} to train one")
+                logger.warning("agent_handoff: %s", fallback)
             max_turns = int(request.get("max_turns", self.env_config.max_turns))
             if not 1 <= max_turns <= 20:
                 raise ValueError(f"max_turns must be between 1 and 20, got {max_turns}")
@@ -198,6 +212,7 @@ class AgentInfer(InferTask):
             "backend": self.provider.name,
             "policy": getattr(policy, "name", type(policy).__name__),
             **({"settings_mismatch": mismatch} if mismatch else {}),
+            **({"fallback": fallback} if fallback else {}),
         }
 
     def _one_slice(self, vol, win, name, value, slice_index, prefix, max_turns, policy, seed):

@@ -22,6 +22,7 @@ from monailabel.interfaces.tasks.train import TrainTask
 
 from lib.agent.settings import EpisodeSettings
 from lib.data.dataset import Case, Dataset, iter_slices
+from lib.data.label_names import resolve
 from lib.tools.provider import ToolProvider
 
 logger = logging.getLogger(__name__)
@@ -138,10 +139,11 @@ class AgentTrainTask(TrainTask):
     def targets(self, req: dict[str, Any]) -> dict[str, int]:
         """The labels to train on: request ``labels`` (names) or every label of the app."""
         names = req.get("labels") or list(self.labels)
-        unknown = [n for n in names if n not in self.labels]
+        known = {n: resolve(str(n), self.labels) for n in names}
+        unknown = [n for n, k in known.items() if k is None]
         if unknown:
             raise HTTPException(status_code=422, detail=f"unknown labels {unknown}; valid: {sorted(self.labels)}")
-        return {n: self.labels[n] for n in names}
+        return {k: self.labels[k] for k in known.values()}
 
     def samples(self, req: dict[str, Any], dataset: Dataset) -> list:
         values = list(self.targets(req).values())

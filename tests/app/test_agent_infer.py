@@ -166,3 +166,30 @@ def test_more_hand_off_prompts_than_the_budget_use_the_first_ones_as_on_one_slic
 def test_slicer_sees_the_scope_choice_default_first():
     assert task(Provider()).config()["scope"] == ["volume", "slice"]
     assert task(Provider(), scope="slice").config()["scope"] == ["slice", "volume"]
+
+
+def test_a_label_spelled_as_another_dataset_spells_it_is_the_apps_label(ct):
+    path, res = task(Provider())({"image": str(ct), **ROI_ON_4, "label": "Liver "})
+    assert res["target"] == "liver" and res["label_names"] == {"liver": 1} and read(path).any()
+    with pytest.raises(HTTPException) as e:
+        task(Provider())({"image": str(ct), **ROI_ON_4, "label": "liv"})
+    assert e.value.status_code == 422 and "unknown label 'liv'" in e.value.detail and "liver" in e.value.detail
+
+
+def test_a_label_the_policy_was_not_trained_on(ct):
+    """The app defines `spleen`, the policy only knows `liver`: with a box the segmenter answers it and propagates,
+    without corrections, and says so; without prompts (autonomous) it is a 409 that says how to get a policy."""
+    provider = Provider()
+    infer = AgentInfer(provider, Store(), {"liver": 1, "spleen": 2}, handoff=True)
+    path, res = infer({"image": str(ct), **ROI_ON_4, "label": "spleen"})
+    label = read(path)
+    assert sorted(np.nonzero(label.any(axis=(1, 2)))[0].tolist()) == list(ON) and set(np.unique(label)) == {0, 2}
+    assert res["policy"] == "stop" and res["corrective_actions"] == 0
+    assert "no trained agent policy for label 'spleen'" in res["fallback"] and "propagated" in res["fallback"]
+    _, trained = infer({"image": str(ct), **ROI_ON_4})
+    assert "fallback" not in trained and trained["policy"] == "stop" and trained["quality"] == 0.75
+    with pytest.raises(HTTPException) as e:
+        AgentInfer(provider, Store(), {"liver": 1, "spleen": 2}, handoff=False)(
+            {"image": str(ct), "label": "spleen", "slice": 4})
+    assert e.value.status_code == 409 and "trained labels: ['liver']" in e.value.detail
+    assert "agent_handoff with a box" in e.value.detail

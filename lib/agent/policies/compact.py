@@ -44,6 +44,7 @@ from lib.agent.policies.compact_dist import choose, log_prob
 from lib.agent.policies.compact_net import CompactNet, n_parameters
 from lib.agent.policies.compact_state import resize_plane, state_features
 from lib.agent.quality import QualityCalibration
+from lib.data.label_names import resolve
 
 FORMAT = "medsam-agent-compact-policy"
 FORMAT_VERSION = 1
@@ -107,7 +108,6 @@ class CompactPolicy(Policy):
         self._labels = _check_labels(labels)
         ranked = sorted(self._labels.items(), key=lambda kv: (kv[1], kv[0]))
         self._index = {name: i for i, (name, _) in enumerate(ranked)}
-        self._index_ci = {name.lower(): i for name, i in self._index.items()}
         self.config = config or CompactConfig()
         self.device = torch.device(device)
         self.net = CompactNet(self.config, len(self._labels)).to(self.device).eval()
@@ -140,11 +140,11 @@ class CompactPolicy(Policy):
         return dict(self._labels)
 
     def label_index(self, name: str) -> int:
-        """Embedding row of a label name (exact match first, then case-insensitive)."""
-        if name in self._index:
-            return self._index[name]
-        if str(name).lower() in self._index_ci:
-            return self._index_ci[str(name).lower()]
+        """Embedding row of a label name, as ``lib.data.label_names.resolve`` reads it ("Right Kidney", "RK" and
+        "kidney_right" are one label; nothing fuzzier)."""
+        known = resolve(str(name), self._index)
+        if known is not None:
+            return self._index[known]
         raise ValueError(f"target {name!r} is not in this policy's label set {sorted(self._labels)}; "
                          "train the policy on it (agent_sft) or pick one of those labels")
 
