@@ -14,7 +14,10 @@ import abc
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from lib.agent.actions import Action, Stop
+import numpy as np
+
+from lib.agent.actions import Action, Box, Stop
+from lib.agent.grammar import GrammarError, parse
 
 
 class Policy(abc.ABC):
@@ -51,19 +54,34 @@ class Policy(abc.ABC):
         return None
 
 
+#: ``Prefixed``'s stop reason when the policy's box would move away from where the prefix's box says the structure is
+OUTSIDE_PROMPT = "box_outside_prompt"
+
+
 class Prefixed(Policy):
     """Play ``prefix`` first (a user's hand-off box/clicks), then let ``policy`` continue.
+
+    The prefix's box says where the structure is (the user drew it; in a volume episode it is the neighbour
+    slice's mask box plus a margin). The policy may refine it, not move it away: with ``anchored`` (default), a
+    ``Box`` of the policy whose centre lies outside the prefix's last box is not executed and the episode stops
+    there (``stop_reason`` ``OUTSIDE_PROMPT``), keeping the mask it had. A redraw around another structure is
+    the demo policy's worst failure on real scans (a lung tumour's box redrawn on the chest wall: Dice 0.88 ->
+    0.00), while a redraw that fixes the mask stays near the user's box, so this costs nothing where the policy
+    is right (``BENCHMARKS.md``, "Agent on one slice: real CT and MR").
 
     Args:
         prefix: actions in pixels, executed in order before ``policy`` is asked anything.
         policy: the policy that finishes the episode; it is reset at the start of the episode as usual,
             so it sees the prefix only through ``obs``/``info`` (executed actions, current mask).
+        anchored: hold the policy's boxes to the prefix's box (above). Clicks are not held: a click outside the
+            box is how a user or the expert adds a part the box cut off.
     """
 
-    def __init__(self, prefix: Sequence[Action], policy: Policy) -> None:
+    def __init__(self, prefix: Sequence[Action], policy: Policy, anchored: bool = True) -> None:
         self.prefix = list(prefix)
         self.policy = policy
         self.name = policy.name
+        self.anchor = next((a for a in reversed(self.prefix) if isinstance(a, Box)), None) if anchored else None
         self._i = 0
         self._asked = False
 
@@ -86,7 +104,24 @@ class Prefixed(Policy):
         self._asked = True
         action = self.policy.act(obs, info)
         self.stop_reason = self.policy.stop_reason
+        if self.anchor is not None and self._moves_away(action, obs):
+            self.stop_reason = OUTSIDE_PROMPT
+            return Stop()
         return action
+
+    def _moves_away(self, action: Action | str, obs: Mapping[str, Any]) -> bool:
+        """True for a box (an ``Action``, or a language policy's tool call) centred outside the anchor box."""
+        if isinstance(action, str):
+            shape = tuple(np.shape(obs["image"])[:2])
+            try:
+                action = parse(action, shape)
+            except GrammarError:
+                return False  # the environment reports unparseable text as an invalid action
+        if not isinstance(action, Box):
+            return False
+        a = self.anchor
+        cx, cy = (action.x0 + action.x1) / 2.0, (action.y0 + action.y1) / 2.0
+        return not (a.x0 <= cx <= a.x1 and a.y0 <= cy <= a.y1)
 
     def assess(self, obs: Mapping[str, Any], info: Mapping[str, Any]) -> float | None:
         return self.policy.assess(obs, info)
