@@ -12,6 +12,7 @@ and report it instead of crashing.
 from __future__ import annotations
 
 import numbers
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +51,18 @@ class Stop:
 
 #: what a policy emits each turn
 Action = Box | Point | Stop
+
+
+def box_iou(a: Box | Sequence[int], b: Box | Sequence[int]) -> float:
+    """IoU of two boxes given as ``Box`` or ``(x0, y0, x1, y1)``, inclusive pixel corners (a box covers
+    ``(x1 - x0 + 1) * (y1 - y0 + 1)`` pixels)."""
+    a = a.as_tuple() if isinstance(a, Box) else tuple(a)
+    b = b.as_tuple() if isinstance(b, Box) else tuple(b)
+    iw = min(a[2], b[2]) - max(a[0], b[0]) + 1
+    ih = min(a[3], b[3]) - max(a[1], b[1]) + 1
+    inter = max(iw, 0) * max(ih, 0)
+    area = lambda r: (r[2] - r[0] + 1) * (r[3] - r[1] + 1)  # noqa: E731
+    return inter / max(area(a) + area(b) - inter, 1)
 
 
 def _is_int(v) -> bool:

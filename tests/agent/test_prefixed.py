@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lib.agent.actions import Box, Point, Stop
+from lib.agent.actions import Box, Point, Stop, box_iou
 from lib.agent.env import SegmentationEnv
 from lib.agent.grammar import encode
-from lib.agent.policies.base import OUTSIDE_PROMPT, Policy, Prefixed
+from lib.agent.policies.base import OUTSIDE_PROMPT, SAME_OBJECT_IOU, Policy, Prefixed
 from lib.agent.rollout import rollout
 from lib.tools.fake import FakeTool
 
@@ -69,3 +69,17 @@ def test_not_anchored_or_no_box_in_the_prefix_plays_every_box():
     assert [a["type"] for a in _play([away], anchored=False).actions] == ["box", "box", "stop"]
     clicks_only = _play([away], prefix=(Point(30, 30, True),))
     assert [a["type"] for a in clicks_only.actions] == ["point", "box", "stop"]
+
+
+def test_a_box_around_another_object_is_refused_even_when_centred_inside():
+    # centre (32, 27) inside the user's box, but a sliver of it: IoU 0.21 < 0.5, not the same object
+    sliver = Box(28, 24, 36, 30)
+    assert box_iou(sliver, USER_BOX) < SAME_OBJECT_IOU
+    traj = _play([sliver])
+    assert [a["type"] for a in traj.actions] == ["box", "stop"] and traj.stop_reason == OUTSIDE_PROMPT
+
+
+def test_box_iou_counts_inclusive_pixels():
+    assert box_iou(Box(0, 0, 9, 9), (0, 0, 9, 9)) == 1.0
+    assert box_iou((0, 0, 9, 9), (5, 0, 14, 9)) == pytest.approx(50 / 150)
+    assert box_iou(Box(0, 0, 4, 4), Box(10, 10, 12, 12)) == 0.0

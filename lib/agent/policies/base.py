@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from lib.agent.actions import Action, Box, Stop
+from lib.agent.actions import Action, Box, Stop, box_iou
 from lib.agent.grammar import GrammarError, parse
 
 
@@ -56,18 +56,21 @@ class Policy(abc.ABC):
 
 #: ``Prefixed``'s stop reason when the policy's box would move away from where the prefix's box says the structure is
 OUTSIDE_PROMPT = "box_outside_prompt"
+#: two boxes frame the same object when their IoU is at least this (the PASCAL VOC / COCO AP50 criterion)
+SAME_OBJECT_IOU = 0.5
 
 
 class Prefixed(Policy):
     """Play ``prefix`` first (a user's hand-off box/clicks), then let ``policy`` continue.
 
     The prefix's box says where the structure is (the user drew it; in a volume episode it is the neighbour
-    slice's mask box plus a margin). The policy may refine it, not move it away: with ``anchored`` (default), a
-    ``Box`` of the policy whose centre lies outside the prefix's last box is not executed and the episode stops
-    there (``stop_reason`` ``OUTSIDE_PROMPT``), keeping the mask it had. A redraw around another structure is
-    the demo policy's worst failure on real scans (a lung tumour's box redrawn on the chest wall: Dice 0.88 ->
-    0.00), while a redraw that fixes the mask stays near the user's box, so this costs nothing where the policy
-    is right (``BENCHMARKS.md``, "Agent on one slice: real CT and MR").
+    slice's mask box plus a margin). The policy may refine it, not replace it with another object: with
+    ``anchored`` (default), a ``Box`` of the policy that is not the same object as the prefix's last box (its
+    centre outside that box, or box IoU < ``SAME_OBJECT_IOU``, the usual detection criterion) is not executed and
+    the episode stops there (``stop_reason`` ``OUTSIDE_PROMPT``), keeping the mask it had. A redraw around
+    another structure is the demo policy's worst failure on real scans (a lung tumour's box redrawn on the chest
+    wall: Dice 0.88 -> 0.00); on the training phantoms its redraws with IoU < 0.5 to the user's box cost 0.046
+    Dice on average while those above gained 0.09 (``BENCHMARKS.md``, "Agent on one slice: real CT and MR").
 
     Args:
         prefix: actions in pixels, executed in order before ``policy`` is asked anything.
@@ -110,7 +113,8 @@ class Prefixed(Policy):
         return action
 
     def _moves_away(self, action: Action | str, obs: Mapping[str, Any]) -> bool:
-        """True for a box (an ``Action``, or a language policy's tool call) centred outside the anchor box."""
+        """True for a box (an ``Action``, or a language policy's tool call) that is not the anchor box's object:
+        centred outside it, or box IoU < ``SAME_OBJECT_IOU``."""
         if isinstance(action, str):
             shape = tuple(np.shape(obs["image"])[:2])
             try:
@@ -121,7 +125,7 @@ class Prefixed(Policy):
             return False
         a = self.anchor
         cx, cy = (action.x0 + action.x1) / 2.0, (action.y0 + action.y1) / 2.0
-        return not (a.x0 <= cx <= a.x1 and a.y0 <= cy <= a.y1)
+        return not (a.x0 <= cx <= a.x1 and a.y0 <= cy <= a.y1) or box_iou(action, a) < SAME_OBJECT_IOU
 
     def assess(self, obs: Mapping[str, Any], info: Mapping[str, Any]) -> float | None:
         return self.policy.assess(obs, info)

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lib.agent.actions import box_iou
 from lib.agent.policies.compact import CompactPolicy
 from lib.agent.policies.compact_codec import encode_action
 from lib.agent.policies.compact_config import BOX, NEG, POS, CompactConfig
@@ -270,7 +271,7 @@ def evaluate_states(net: torch.nn.Module, batcher: StateBatcher, config: SFTConf
             single = {key: v[j : j + 1] for key, v in out.items()}
             if int(b["kind"][j]) == BOX:
                 forced = dict(single, kind=torch.tensor([[0.0, 1e9, 0.0, 0.0]]))
-                box_ious.append(_box_iou(choose(forced, greedy=True).box, tuple(b["box"][j].tolist())))
+                box_ious.append(box_iou(choose(forced, greedy=True).box, tuple(b["box"][j].tolist())))
             elif int(b["kind"][j]) in (POS, NEG):
                 p = int(math.isqrt(single["point"].shape[-1]))
                 pred = int(single["point"][0, int(b["kind"][j]) - POS].argmax())
@@ -293,14 +294,6 @@ def plot_sft_history(path: str | Path, history: Mapping[str, list], title: str) 
                        "box IoU with the expert's box": (history["val_step"], [
                            v if v is not None else float("nan") for v in history["val_box_iou"]])},
     }, title)
-
-
-def _box_iou(a: Sequence[int], b: Sequence[int]) -> float:
-    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]) + 1)
-    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]) + 1)
-    inter = ix * iy
-    area = lambda r: (r[2] - r[0] + 1) * (r[3] - r[1] + 1)  # noqa: E731
-    return inter / max(area(a) + area(b) - inter, 1)
 
 
 def _lr_at(step: int, config: SFTConfig, total: int) -> float:
