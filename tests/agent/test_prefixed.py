@@ -83,3 +83,19 @@ def test_box_iou_counts_inclusive_pixels():
     assert box_iou(Box(0, 0, 9, 9), (0, 0, 9, 9)) == 1.0
     assert box_iou((0, 0, 9, 9), (5, 0, 14, 9)) == pytest.approx(50 / 150)
     assert box_iou(Box(0, 0, 4, 4), Box(10, 10, 12, 12)) == 0.0
+
+
+def test_a_volume_holds_the_policy_to_the_users_box_not_to_the_propagated_ones():
+    """The seed slice plays the user's box anchored; a propagated slice lets the policy replace the box."""
+    from lib.agent.volume import VolumeEpisode
+
+    vol = np.zeros((3, H, W), dtype=np.float32)
+    gt = np.zeros((3, H, W), dtype=bool)
+    for k in range(3):
+        gt[k] = disk((H, W), (27, 32), 10)
+    vol[gt] = 0.8
+    away = Box(58, 22, 74, 38)
+    res = VolumeEpisode(FakeTool(), Scripted([away])).run(vol, "blob", seed_slice=1, prompts=[USER_BOX], gt=gt)
+    by_k = {s.index: s for s in res.slices}
+    assert by_k[1].stop_reason == OUTSIDE_PROMPT and by_k[1].corrective == 0
+    assert all(by_k[k].corrective == 1 and by_k[k].stop_reason == "policy" for k in (0, 2))

@@ -63,8 +63,8 @@ SAME_OBJECT_IOU = 0.5
 class Prefixed(Policy):
     """Play ``prefix`` first (a user's hand-off box/clicks), then let ``policy`` continue.
 
-    The prefix's box says where the structure is (the user drew it; in a volume episode it is the neighbour
-    slice's mask box plus a margin). The policy may refine it, not replace it with another object: with
+    The prefix's box says where the structure is (the user drew it). The policy may refine it, not replace it
+    with another object: with
     ``anchored`` (default), a ``Box`` of the policy that is not the same object as the prefix's last box (its
     centre outside that box, or box IoU < ``SAME_OBJECT_IOU``, the usual detection criterion) is not executed and
     the episode stops there (``stop_reason`` ``OUTSIDE_PROMPT``), keeping the mask it had. A redraw around
@@ -77,7 +77,8 @@ class Prefixed(Policy):
         policy: the policy that finishes the episode; it is reset at the start of the episode as usual,
             so it sees the prefix only through ``obs``/``info`` (executed actions, current mask).
         anchored: hold the policy's boxes to the prefix's box (above). Clicks are not held: a click outside the
-            box is how a user or the expert adds a part the box cut off.
+            box is how a user or the expert adds a part the box cut off. Volume episodes hold the policy to the
+            user's prompts on the seed slice only, not to the propagated boxes (their own guess).
     """
 
     def __init__(self, prefix: Sequence[Action], policy: Policy, anchored: bool = True) -> None:

@@ -155,9 +155,12 @@ class Slices:
 
 
 def play(env: SegmentationEnv, policy: Policy, options: Mapping[str, Any], seed: int,
-         box: Any = None) -> Trajectory:
-    """One episode; with ``box`` the episode starts with that hand-off box."""
-    return rollout(env, Prefixed([box], policy) if box is not None else policy, options, seed=seed)
+         box: Any = None, anchored: bool = True) -> Trajectory:
+    """One episode; with ``box`` the episode starts with that box: a user's hand-off box (``anchored``: the policy
+    is held to it, as served) or a volume start state's propagated box (not anchored, as ``VolumeEpisode`` plays
+    the slices after the seed)."""
+    return rollout(env, Prefixed([box], policy, anchored=anchored) if box is not None else policy, options,
+                   seed=seed)
 
 
 def expected_reward(policy: CompactPolicy, env: SegmentationEnv, options: Mapping[str, Any], n: int, seed: int,
@@ -177,7 +180,7 @@ def evaluate_greedy(policy: CompactPolicy, env: SegmentationEnv, slices: Slices,
     """Greedy policy on fixed targets: mean reward, final Dice, executed actions (hand-off box included).
 
     ``boxes`` (one per target) are the start boxes to use instead of jittered hand-off boxes (volume start
-    states: the propagated box)."""
+    states: the propagated box, which the policy is not held to)."""
     greedy, recording = policy.greedy, policy.recording
     policy.greedy, policy.recording = True, False
     rewards, dices, turns = [], [], []
@@ -189,7 +192,7 @@ def evaluate_greedy(policy: CompactPolicy, env: SegmentationEnv, slices: Slices,
                 box = boxes[i]
             else:
                 box = jittered_box(s.gt, np.random.default_rng(ep_seed), jitter) if handoff else None
-            traj = play(env, policy, slices.options(s), ep_seed, box)
+            traj = play(env, policy, slices.options(s), ep_seed, box, anchored=boxes is None)
             rewards.append(traj.reward)
             dices.append(traj.final_dice)
             turns.append(traj.n_actions)
@@ -379,7 +382,8 @@ def _train_grpo(config: RLConfig, samples: Any, tool: Tool, init_dir: str | Path
         rewards_all, turns_all, dice_all = [], [], []
         for _ in range(config.groups_per_step):
             # the volume draw only when there are volume starts, so slice-only runs keep their random stream
-            if vol_train and rng.random() < vf:
+            propagated = bool(vol_train) and rng.random() < vf
+            if propagated:
                 sample, box = vol_train[int(rng.integers(len(vol_train)))]
             else:
                 sample = train[int(rng.integers(len(train)))]
@@ -389,7 +393,7 @@ def _train_grpo(config: RLConfig, samples: Any, tool: Tool, init_dir: str | Path
             group, rewards = [], []
             for _ in range(config.group_size):
                 policy.trace = []
-                traj = play(env, policy, options, int(rng.integers(2**31 - 1)), box)
+                traj = play(env, policy, options, int(rng.integers(2**31 - 1)), box, anchored=not propagated)
                 group.append(policy.trace)
                 rewards.append(float(traj.reward))
                 turns_all.append(traj.n_actions)
