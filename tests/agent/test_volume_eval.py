@@ -65,7 +65,9 @@ def test_evaluate_target_runs_policy_and_baselines_on_shared_encodes():
         assert row[f"{name}dice3d"] == pytest.approx(1.0) and row[f"{name}nsd"] == pytest.approx(1.0)
     assert row["actions"] == 0 and row["propagation_actions"] == 0
     assert all(n == 1 for n in tool.starts.values())  # four runs, one encode per slice
-    assert row["encoder_calls_total"] == len(tool.starts) == row["encoder_calls"]
+    # the policy run goes first and encodes what it visits; a slice it only prefetched past an end may be cancelled
+    # before the worker starts it (on a busy machine) and then encoded by a baseline: once either way
+    assert row["encoder_calls_total"] == len(tool.starts) and row["visited"] <= row["encoder_calls"] <= len(tool.starts)
     assert row["actions_per_slice"][0][0] < 0 < row["actions_per_slice"][-1][0]
     with pytest.raises(ValueError, match="mode"):
         evaluate_target(tool, StopPolicy(), vol, gt, (1, 1, 1), "disk", mode="both")
