@@ -12,6 +12,7 @@ Geometry (origin in mm, spacing in mm, direction cosines; all in SimpleITK's LPS
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -355,3 +356,12 @@ def get_slice(vol: Volume, index: int | None, axis: int = 0) -> np.ndarray:
     key = [slice(None)] * 3
     key[axis] = int(index)
     return vol.array[tuple(key)]
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks (checkpoints and archives are hundreds of MB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from lib.data.io import Volume, save_label_like
+from lib.data.io import Volume, save_label_like, sha256_file
 
 CACHE_ENV = "MEDSAM_AGENT_CACHE"
 MANIFEST = "manifest.json"
@@ -111,13 +111,6 @@ def cached_dir(src: PinnedSdist, cache: str | Path | None = None) -> Path:
     """Folder holding ``src``'s extracted files and ``manifest.json``."""
     return cache_root(cache) / src.cache_subdir
 
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def is_cached(src: PinnedSdist, cache: str | Path | None = None) -> bool:

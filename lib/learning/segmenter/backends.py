@@ -148,7 +148,8 @@ class LiteMedSAMBackend(TrainableBackend):
 
     def __init__(self, checkpoint: str | None = None, device: str | None = "cpu",
                  encoder_runtime: str = "auto") -> None:
-        from lib.tools.litemedsam import LiteMedSAMTool, _sha256, released_checkpoint
+        from lib.data.io import sha256_file
+        from lib.tools.litemedsam import LiteMedSAMTool, released_checkpoint
 
         # start from the released weights, never from an earlier adaptation, so every run is reproducible
         # from the data alone and two trainings are never compounded
@@ -156,7 +157,7 @@ class LiteMedSAMBackend(TrainableBackend):
                                    encoder_runtime=encoder_runtime, block_export=True)
         self.net = self.tool.net
         path, expected = (checkpoint, None) if checkpoint else released_checkpoint()
-        self._sha = expected or _sha256(path)
+        self._sha = expected or sha256_file(path)
         self.encoder_calls = 0
 
     def encoder_id(self) -> str:
