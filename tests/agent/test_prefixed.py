@@ -10,6 +10,7 @@ from lib.agent.env import SegmentationEnv
 from lib.agent.grammar import encode
 from lib.agent.policies.base import OUTSIDE_PROMPT, SAME_OBJECT_IOU, Policy, Prefixed
 from lib.agent.rollout import rollout
+from lib.agent.volume import VolumeEpisode
 from lib.tools.fake import FakeTool
 
 from .conftest import disk
@@ -87,8 +88,6 @@ def test_box_iou_counts_inclusive_pixels():
 
 def test_a_volume_holds_the_policy_to_the_users_box_not_to_the_propagated_ones():
     """The seed slice plays the user's box anchored; a propagated slice lets the policy replace the box."""
-    from lib.agent.volume import VolumeEpisode
-
     vol = np.zeros((3, H, W), dtype=np.float32)
     gt = np.zeros((3, H, W), dtype=bool)
     for k in range(3):

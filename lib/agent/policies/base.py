@@ -64,10 +64,10 @@ class Prefixed(Policy):
     """Play ``prefix`` first (a user's hand-off box/clicks), then let ``policy`` continue.
 
     The prefix's box says where the structure is (the user drew it). The policy may refine it, not replace it
-    with another object: with
-    ``anchored`` (default), a ``Box`` of the policy that is not the same object as the prefix's last box (its
-    centre outside that box, or box IoU < ``SAME_OBJECT_IOU``, the usual detection criterion) is not executed and
-    the episode stops there (``stop_reason`` ``OUTSIDE_PROMPT``), keeping the mask it had. A redraw around
+    with another object: with ``anchored`` (default), a ``Box`` of the policy that is not the same object as the
+    prefix's last box (its centre outside that box, or box IoU < ``SAME_OBJECT_IOU``, the usual detection
+    criterion) is not executed and the episode stops there (``stop_reason`` ``OUTSIDE_PROMPT``), keeping the mask
+    it had. A redraw around
     another structure is the demo policy's worst failure on real scans (a lung tumour's box redrawn on the chest
     wall: Dice 0.88 -> 0.00); on the training phantoms its redraws with IoU < 0.5 to the user's box cost 0.046
     Dice on average while those above gained 0.09 (``BENCHMARKS.md``, "Agent on one slice: real CT and MR").
