@@ -30,6 +30,7 @@ from lib.agent.volume_eval import (  # noqa: E402
     DEFAULT_NSD_TOLERANCE_MM,
     MODES,
     SEED_RULES,
+    SPLIT_EXPERT_BASELINES,
     evaluate_volumes,
     markdown_table,
     summarise,
@@ -52,8 +53,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed-slice", default="largest", choices=SEED_RULES,
                    help="seed slice: the label's largest slice, or the largest away from the volume's end slices")
     p.add_argument("--labels", default=None, help="comma-separated label names (default: every label)")
-    p.add_argument("--baselines", default=",".join(BASELINES), help="comma-separated subset of " + ",".join(BASELINES))
+    p.add_argument("--baselines", default=",".join(BASELINES),
+                   help="comma-separated subset of " + ",".join(BASELINES + SPLIT_EXPERT_BASELINES)
+                        + " (the last two on request: the expert on the seed slice / propagated slices only)")
     add_episode_args(p)
+    p.add_argument("--correction-guard", choices=("on", "off"), default="on" if d.correction_guard else "off",
+                   help="keep a propagated slice's corrections only when they agree with the neighbour's mask at "
+                        "least as well as the propagated answer (VolumeConfig.correction_guard)")
     p.add_argument("--dense-prompt", choices=("on", "off"), default="on" if d.dense_prompt else "off",
                    help="send the neighbour's logits as the dense prompt (backends with mask input)")
     p.add_argument("--margin-px", type=int, default=d.margin_px)
@@ -87,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
 
         policy = StopPolicy()
     vcfg = VolumeConfig(margin_px=args.margin_px, margin_fraction=args.margin_fraction,
-                        dense_prompt=args.dense_prompt == "on", collapse_fraction=args.collapse_fraction,
+                        dense_prompt=args.dense_prompt == "on", correction_guard=args.correction_guard == "on",
+                        collapse_fraction=args.collapse_fraction,
                         min_score=args.min_score, lookahead=args.lookahead, prefetch=not args.no_prefetch)
     env_config = settings.env_config(args.backend)
     ds = Dataset.from_dir(args.dataset)

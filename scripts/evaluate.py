@@ -63,7 +63,13 @@ from lib.agent.evaluation import (  # noqa: E402
 from lib.agent.policies.base import StopPolicy  # noqa: E402
 from lib.agent.rollout import SCRIPT_BACKENDS, load_backend  # noqa: E402
 from lib.agent.settings import add_episode_args, episode_from_args  # noqa: E402
-from lib.agent.volume_eval import BASELINES, SEED_RULES, evaluate_volumes, write_outputs  # noqa: E402
+from lib.agent.volume_eval import (  # noqa: E402
+    BASELINES,
+    SEED_RULES,
+    SPLIT_EXPERT_BASELINES,
+    evaluate_volumes,
+    write_outputs,
+)
 from lib.data.dataset import Dataset, iter_slices  # noqa: E402
 
 
@@ -95,7 +101,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--baselines", default=None,
                    help=f"comma-separated baselines run beside the policy on the same encodings; slice scope: subset "
                         f"of {','.join(SLICE_BASELINES)} (default all; ellipse in hand-off mode only), volume scope: "
-                        f"subset of {','.join(BASELINES)} (default all)")
+                        f"subset of {','.join(BASELINES)} (default all), plus {','.join(SPLIT_EXPERT_BASELINES)} on "
+                        "request (the expert on the seed slice only / on the propagated slices only)")
     p.add_argument("--no-noc", action="store_true", help="slice scope: skip the click simulator's NoC@85/90")
     p.add_argument("--stop-quality", default=None,
                    help="compact: quality-gated stop of the policy (a threshold in (0, 1], or 'auto' = the threshold "

@@ -16,7 +16,11 @@ everywhere else) that share one tool session cache:
    as the conditioning frame, every decode on a propagated slice reads the memory of the seed and of its own
    direction (``SliceRecord.memory`` lists the slices read), and each kept slice's final mask is remembered in
    its direction; nothing else changes.
-3. **End of structure** (``end_check``): a direction stops when a slice's final mask is empty
+3. **Correction guard** (``VolumeConfig.correction_guard``): on a propagated slice the policy's corrections are
+   kept only when the final mask agrees with the neighbour's kept mask (Dice) at least as well as the propagated
+   answer did; otherwise the slice keeps the propagated answer (replayed: one decode) and says so
+   (``SliceRecord.refused``).
+4. **End of structure** (``end_check``): a direction stops when a slice's final mask is empty
    (< ``min_area`` pixels), collapses (area < ``collapse_fraction`` x the last kept slice's area), or the
    tool's predicted IoU of its answer is < ``min_score``, or the median image value under it moved more than
    ``max_intensity_shift`` from the seed mask's (another tissue). One failing slice is bridged
@@ -54,7 +58,8 @@ import numpy as np
 from lib.agent.actions import Action, Box, Point
 from lib.agent.clicks import tight_box
 from lib.agent.env import EnvConfig, SegmentationEnv
-from lib.agent.policies.base import Policy, Prefixed
+from lib.agent.metrics import dice
+from lib.agent.policies.base import Policy, Prefixed, StopPolicy
 from lib.agent.rollout import episode_seed, rollout
 from lib.agent.trajectories import Trajectory
 from lib.tools.base import MASK_INPUT, SegOutput, Tool, ToolSession
@@ -111,6 +116,13 @@ class VolumeConfig:
             trained to track an object through video frames that way (more context than one neighbour's box);
             a backend without one (LiteMedSAM) ignores it. False = every slice decodes from its own embedding
             only (the image path), as before.
+        correction_guard: keep the policy's corrections on a propagated slice only when its final mask agrees
+            with the neighbour's kept mask (Dice) at least as well as the propagated answer did; otherwise the
+            slice keeps the propagated answer (``SliceRecord.refused``). Neighbouring slices of an organ differ
+            by a few pixels of outline, so a correction that moves the mask away from its neighbour is more
+            likely a wrong click than a repair, and one that removes a leak or fills a hole the neighbour does
+            not have moves it closer. It needs no ground truth and no quality head (which does not rank masks on
+            real MR: BENCHMARKS.md, "Quality"). Costs one decode on a refused slice.
     """
 
     margin_px: int = 3
@@ -123,6 +135,7 @@ class VolumeConfig:
     lookahead: int = 1
     prefetch: bool = True
     memory: bool = True
+    correction_guard: bool = False
 
     def __post_init__(self) -> None:
         for name in ("margin_px", "min_area", "lookahead"):
@@ -210,11 +223,14 @@ class SliceStart:
         from_slice: the neighbour slice index.
         box: the first action (pixels).
         logits: (1, 256, 256) dense prompt, or None (backend without mask input, or turned off).
+        mask: (H, W) bool, the neighbour's final mask (``VolumeConfig.correction_guard`` compares with it), or
+            None (a start built from a box alone: no guard).
     """
 
     from_slice: int
     box: Box
     logits: np.ndarray | None = field(default=None, repr=False)
+    mask: np.ndarray | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -237,6 +253,8 @@ class SliceRecord:
         check: ``end_check`` verdict (None = passed; always None on the seed slice).
         kept: the mask was written into the volume (seed, passed, or bridged).
         bridged: a failing slice kept because the slice after it passed.
+        refused: the policy's corrections on the slice were not kept (``VolumeConfig.correction_guard``): its
+            mask, score and logits are the propagated answer's; ``actions`` still lists what the policy issued.
         encoder_s: encoder seconds this run paid for the slice (0 when the session was cached before).
         encoder_cached: the session came from the cache (encoded before this run).
         wait_s: seconds the episode waited for the slice's embedding (0 when prefetched in time).
@@ -266,6 +284,7 @@ class SliceRecord:
     check: str | None = None
     kept: bool = False
     bridged: bool = False
+    refused: bool = False
     encoder_s: float = 0.0
     encoder_cached: bool = False
     wait_s: float = 0.0
@@ -289,7 +308,7 @@ class SliceRecord:
             "corrective": self.corrective, "actions": self.actions, "stop_reason": self.stop_reason,
             "score": None if math.isnan(self.score) else self.score, "predicted_quality": self.predicted_quality,
             "area": self.area, "intensity": None if math.isnan(self.intensity) else self.intensity,
-            "check": self.check, "kept": self.kept, "bridged": self.bridged,
+            "check": self.check, "kept": self.kept, "bridged": self.bridged, "refused": self.refused,
             "encoder_s": self.encoder_s, "encoder_cached": self.encoder_cached, "wait_s": self.wait_s,
             "decoder_s": self.decoder_s, "policy_s": self.policy_s, "total_s": self.total_s,
             "memory": self.memory, "memory_s": self.memory_s,
@@ -570,13 +589,22 @@ class _Run:
                      "source": {**self.meta, "volume_direction": direction,
                                 "from_slice": None if start is None else start.from_slice}},
         }
-        traj = rollout(ep.env, agent, options, seed=episode_seed(self.seed, self.meta.get("case_id", ""),
-                                                                 self.target, k))
+        slice_seed = episode_seed(self.seed, self.meta.get("case_id", ""), self.target, k)
+        traj = rollout(ep.env, agent, options, seed=slice_seed)
         last = ep.env.interaction.last
         mask = np.array(ep.env.mask, dtype=bool)
         issued = [a for a in traj.actions if a.get("type") != "stop"]
         pixels = options["image"]
-        timings = traj.timings
+        timings = dict(traj.timings)
+        refused = False
+        if ep.config.correction_guard and start is not None and start.mask is not None and len(issued) > len(prefix):
+            # the propagated answer, replayed (deterministic: same session, same box), against the corrections
+            replay = rollout(ep.env, Prefixed(prefix, StopPolicy(), anchored=False), options, seed=slice_seed)
+            for name in ("decoder_ms", "total_ms"):
+                timings[name] += replay.timings[name]
+            propagated = np.array(ep.env.mask, dtype=bool)
+            if dice(propagated, start.mask) > dice(mask, start.mask):
+                refused, last, mask = True, ep.env.interaction.last, propagated
         return SliceRecord(
             index=int(k), direction=direction, start=start, turns=len(issued),
             corrective=max(len(issued) - len(prefix), 0), actions=list(traj.actions),
@@ -586,7 +614,7 @@ class _Run:
             encoder_s=self.encoded.get(k, 0.0), encoder_cached=cached, wait_s=wait_s,
             decoder_s=timings["decoder_ms"] / 1e3, policy_s=timings["policy_ms"] / 1e3,
             total_s=timings["total_ms"] / 1e3 + wait_s, session_encoder_s=float(session.encoder_ms) / 1e3,
-            memory=attended, mask=mask,
+            memory=attended, mask=mask, refused=refused,
             logits=None if last is None else np.asarray(last.logits), trajectory=traj)
 
     def _remember(self, rec: SliceRecord) -> None:
@@ -596,7 +624,8 @@ class _Run:
 
     def _start_from(self, rec: SliceRecord) -> SliceStart:
         logits = rec.logits if self.ep.dense else None
-        return SliceStart(from_slice=rec.index, box=propagated_box(rec.mask, self.ep.config), logits=logits)
+        return SliceStart(from_slice=rec.index, box=propagated_box(rec.mask, self.ep.config), logits=logits,
+                          mask=rec.mask)
 
     # -- the whole volume ----------------------------------------------------------------------------------
     def execute(self) -> VolumeResult:

@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from lib.agent.actions import Box
+from lib.agent.actions import Box, Stop
 from lib.agent.clicks import DEFAULT_BOX_JITTER, jittered_box, tight_box
 from lib.agent.env import EnvConfig
 from lib.agent.expert import ExpertConfig, ExpertPolicy
@@ -57,6 +57,9 @@ from lib.tools.cache import SessionCache
 
 #: baselines run beside the policy (see the module docstring)
 BASELINES = ("propagation", "expert", "oracle_box")
+#: where the expert's headroom lies, on request (not run by default): the expert on the seed slice only (every
+#: propagated slice keeps its propagated answer), or on the propagated slices only (the seed keeps the box's answer)
+SPLIT_EXPERT_BASELINES = ("expert_seed", "expert_propagated")
 MODES = ("handoff", "autonomous")
 #: how the seed slice of a target is chosen: "largest" = the slice where the label is largest (the slice a user
 #: would start on); "largest_interior" = the same among slices at least ``INTERIOR_MARGIN`` slices from either end
@@ -176,6 +179,30 @@ def oracle_box(tool: Tool, volume: np.ndarray, gt: np.ndarray, cache: SessionCac
     return {"mask": out, "seconds": time.perf_counter() - t0, "encoder_calls": calls, "slices": len(slices)}
 
 
+class OnSlices(Policy):
+    """``inner`` decides on the seed slice only (``seed=True``) or on the propagated slices only (``False``); on the
+    other slices it stops at once, so they keep what the prompts (user's or propagated box) gave. Reads the slice's
+    place from ``info["meta"]["source"]["volume_direction"]`` (0 = seed), set by ``VolumeEpisode``."""
+
+    def __init__(self, inner: Policy, seed: bool) -> None:
+        self.inner, self.seed, self.active = inner, bool(seed), False
+        self.name = f"{inner.name}_{'seed' if seed else 'propagated'}"
+
+    def reset(self, obs, info, seed=None) -> None:
+        self.stop_reason = None
+        self.active = (info["meta"]["source"]["volume_direction"] == 0) == self.seed
+        if self.active:
+            self.inner.reset(obs, info, seed)
+
+    def act(self, obs, info):
+        if not self.active:
+            self.stop_reason = "not_this_slice"
+            return Stop()
+        action = self.inner.act(obs, info)
+        self.stop_reason = self.inner.stop_reason
+        return action
+
+
 def _run_row(res: VolumeResult, k0: int) -> dict[str, Any]:
     """Per-run numbers of one target (JSON-ready)."""
     t = res.timings
@@ -221,9 +248,9 @@ def evaluate_target(tool: Tool, policy: PolicyLike, volume: np.ndarray, gt: np.n
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    unknown = sorted(set(baselines) - set(BASELINES))
+    unknown = sorted(set(baselines) - set(BASELINES) - set(SPLIT_EXPERT_BASELINES))
     if unknown:
-        raise ValueError(f"unknown baselines {unknown}; choose from {BASELINES}")
+        raise ValueError(f"unknown baselines {unknown}; choose from {BASELINES + SPLIT_EXPERT_BASELINES}")
     gt = np.asarray(gt, dtype=bool)
     if not gt.any():
         raise ValueError(f"{case_id}/{label}: the ground truth is empty; nothing to evaluate")
@@ -256,11 +283,13 @@ def evaluate_target(tool: Tool, policy: PolicyLike, volume: np.ndarray, gt: np.n
                         f"{name}_seconds": ob["seconds"]})
             calls += ob["encoder_calls"]
             continue
+        cfg = expert_config or ExpertConfig(max_actions=env_config.max_turns)
         if name == "propagation":
             res = run(StopPolicy(), [box])
-        else:
-            cfg = expert_config or ExpertConfig(max_actions=env_config.max_turns)
+        elif name == "expert":
             res = run(lambda env, cfg=cfg: ExpertPolicy(env, cfg), [box])
+        else:
+            res = run(lambda env, cfg=cfg, seed=name == "expert_seed": OnSlices(ExpertPolicy(env, cfg), seed), [box])
         m = volume_metrics(res.mask, gt, spacing, nsd_tolerance_mm)
         r = _run_row(res, k0)
         row.update({f"{name}_dice3d": m["dice3d"], f"{name}_nsd": m["nsd"], f"{name}_actions": r["actions"],

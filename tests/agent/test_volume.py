@@ -481,3 +481,56 @@ def test_sam2_memory_off_is_the_memoryless_path(sam2_tool):
     on = _sam2_run(sam2_tool, WALK, vol, gt)
     assert on.slices[0].score == off.slices[0].score  # the seed decodes without memory either way
     assert any(not np.array_equal(a.logits, b.logits) for a, b in zip(on.slices[1:3], off.slices[1:3]))
+
+
+# -- the correction guard ---------------------------------------------------------------------------------
+class ClickAt(Policy):
+    """On propagated slices, one click at ``(x, y)`` then Stop; on the seed slice, Stop at once."""
+
+    name = "click_at"
+
+    def __init__(self, x, y, positive):
+        self.point = Point(x, y, positive)
+
+    def act(self, obs, info):
+        if info["meta"]["source"]["volume_direction"] == 0 or info["turn"] >= 2:
+            return Stop()
+        return self.point
+
+
+def guarded_volume():
+    """A disk of radius 8 on every slice; off the seed slice (3) a bright speck (radius 1) inside the
+    propagated box, which the box picks up (a leak); a bright blob far outside the box on every slice."""
+    vol, gt = volume([8] * 7)
+    speck, blob = disk(gt.shape[1:], 31, 31, 1), disk(gt.shape[1:], 42, 42, 3)
+    for k in range(7):
+        vol[k][blob] = 0.8
+        if k != 3:
+            vol[k][speck] = 0.8
+    return vol, gt, speck, blob
+
+
+@pytest.mark.parametrize("guard", [False, True])
+def test_correction_guard_refuses_corrections_that_move_away_from_the_neighbour(guard):
+    vol, gt, speck, blob = guarded_volume()
+    tool, env = BrightTool(), EnvConfig(max_turns=3, prompting="all")
+    cfg = VolumeConfig(correction_guard=guard, lookahead=0)
+    plain = VolumeEpisode(tool, StopPolicy(), env, cfg).run(vol, "disk", seed_slice=3, prompts=[tight_box(gt[3])])
+    assert plain.mask[4][speck].all()  # propagation leaks into the speck
+
+    # a wrong correction: adds the far blob (the neighbour has no blob)
+    bad = VolumeEpisode(tool, ClickAt(42, 42, True), env, cfg).run(vol, "disk", seed_slice=3,
+                                                                   prompts=[tight_box(gt[3])])
+    propagated = [r for r in bad.slices if r.direction]
+    assert propagated and all(r.corrective == 1 for r in propagated)  # issued either way (and counted)
+    assert all(r.refused == guard for r in propagated)
+    assert bad.mask[4][blob].all() != guard
+    if guard:
+        assert np.array_equal(bad.mask, plain.mask)  # the refused slices keep the propagated answers
+        assert all(r.to_dict()["refused"] for r in propagated)
+
+    # a repair: removes the speck (the neighbour has none, or had it removed), kept with or without the guard
+    good = VolumeEpisode(tool, ClickAt(31, 31, False), env, cfg).run(vol, "disk", seed_slice=3,
+                                                                     prompts=[tight_box(gt[3])])
+    assert not any(r.refused for r in good.slices)
+    assert dice3d(good.mask, gt) == 1.0 > dice3d(plain.mask, gt)

@@ -73,6 +73,23 @@ def test_evaluate_target_runs_policy_and_baselines_on_shared_encodes():
         evaluate_target(tool, StopPolicy(), vol, gt, (1, 1, 1), "disk", mode="both")
 
 
+def test_split_expert_baselines_say_where_the_headroom_is():
+    # the seed's (largest slice's) box answer is exact; every propagated slice leaks into a bright bar inside the
+    # propagated box's margin (apart from the disk), which a negative click removes
+    vol, gt = volume([7, 7, 7, 8, 7, 7, 7])
+    for k in (0, 1, 2, 4, 5, 6):
+        vol[k, 33:35, 15:34] = 0.8
+    row = evaluate_target(BrightTool(), StopPolicy(), vol, gt, (5.0, 1.5, 1.5), "disk", case_id="c0",
+                          env_config=EnvConfig(prompting="all", max_turns=3), box_jitter=0.0,
+                          baselines=("propagation", "expert_seed", "expert_propagated"))
+    assert row["seed_slice"] == 3
+    assert row["expert_seed_actions"] == 0 and row["expert_seed_dice3d"] == pytest.approx(row["propagation_dice3d"])
+    assert row["expert_propagated_actions"] >= 1 and row["expert_propagated_dice3d"] == pytest.approx(1.0)
+    assert row["propagation_dice3d"] < 1.0
+    with pytest.raises(ValueError, match="unknown baselines"):
+        evaluate_target(BrightTool(), StopPolicy(), vol, gt, (1, 1, 1), "disk", baselines=("expert_slice",))
+
+
 class Picky(Policy):
     """Knows only 'ball'; in autonomous mode draws its own box around the image centre."""
 
