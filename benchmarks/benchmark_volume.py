@@ -60,6 +60,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--retry", choices=("on", "off"), default="on" if d.retry else "off",
                    help="play a slice that fails the end rule once more, with a positive click at the last kept "
                         "mask's deepest point (VolumeConfig.retry)")
+    p.add_argument("--min-fill", type=float, default=d.min_fill,
+                   help="a mask filling less than this fraction of its prompt box hands the next slice that box "
+                        "(VolumeConfig.min_fill; 0 = off)")
     p.add_argument("--correction-guard", choices=("on", "off"), default="on" if d.correction_guard else "off",
                    help="keep a propagated slice's corrections only when they agree with the neighbour's mask at "
                         "least as well as the propagated answer (VolumeConfig.correction_guard)")
@@ -97,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         policy = StopPolicy()
     vcfg = VolumeConfig(margin_px=args.margin_px, margin_fraction=args.margin_fraction,
                         dense_prompt=args.dense_prompt == "on", correction_guard=args.correction_guard == "on",
-                        retry=args.retry == "on",
+                        retry=args.retry == "on", min_fill=args.min_fill,
                         collapse_fraction=args.collapse_fraction,
                         min_score=args.min_score, lookahead=args.lookahead, prefetch=not args.no_prefetch)
     env_config = settings.env_config(args.backend)

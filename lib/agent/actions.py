@@ -34,6 +34,11 @@ class Box:
         """``(x0, y0, x1, y1)`` as Python ints, the form ``Interaction.add_box`` takes."""
         return int(self.x0), int(self.y0), int(self.x1), int(self.y1)
 
+    @property
+    def area(self) -> int:
+        """Pixels inside the box (corners inclusive)."""
+        return (int(self.x1) - int(self.x0) + 1) * (int(self.y1) - int(self.y0) + 1)
+
 
 @dataclass(frozen=True)
 class Point:

@@ -131,6 +131,11 @@ class VolumeConfig:
             (``SliceRecord.retry``). A large organ does not end in one slice: where the box's answer drifted onto
             another tissue the click pulls it back onto the structure, and where the structure really ended the
             retry fails the rule too. Costs one slice episode on each failing slice.
+        min_fill: when a slice's final mask fills less than this fraction of the last box it was prompted with
+            (the user's box on the seed slice, a policy's box, or the propagated box), the next slice starts from
+            that same box instead of the mask's bounding box: a mask that fills little of a box drawn around the
+            structure undershot it (LiteMedSAM answers a fragment on many real MR slices), and a box shrunk to the
+            fragment makes the next answer smaller still. 0 = off (every start box comes from the mask).
     """
 
     margin_px: int = 3
@@ -145,6 +150,7 @@ class VolumeConfig:
     memory: bool = True
     correction_guard: bool = False
     retry: bool = False
+    min_fill: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("margin_px", "min_area", "lookahead"):
@@ -152,7 +158,7 @@ class VolumeConfig:
             if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 0:
                 raise ValueError(f"VolumeConfig.{name} must be an int >= 0, got {v!r}")
         for name, hi in (("margin_fraction", 1.0), ("collapse_fraction", 1.0), ("min_score", 1.0),
-                         ("max_intensity_shift", 1.0)):
+                         ("max_intensity_shift", 1.0), ("min_fill", 1.0)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or not 0 <= v <= hi:
                 raise ValueError(f"VolumeConfig.{name} must be a number in [0, {hi}], got {v!r}")
@@ -200,6 +206,14 @@ def propagated_box(mask: np.ndarray, config: VolumeConfig) -> Box:
     mx = max(config.margin_px, int(round(config.margin_fraction * (tb.x1 - tb.x0 + 1))))
     my = max(config.margin_px, int(round(config.margin_fraction * (tb.y1 - tb.y0 + 1))))
     return Box(max(tb.x0 - mx, 0), max(tb.y0 - my, 0), min(tb.x1 + mx, w - 1), min(tb.y1 + my, h - 1))
+
+
+def last_box(actions: Sequence[Mapping[str, Any]]) -> Box | None:
+    """The last valid box among ``actions`` (``Trajectory.actions`` dicts, pixels), or None."""
+    for a in reversed(actions):
+        if a.get("type") == "box" and "invalid" not in a:
+            return Box(*(int(v) for v in a["box"]))
+    return None
 
 
 class DensePromptSession(ToolSession):
@@ -644,8 +658,11 @@ class _Run:
 
     def _start_from(self, rec: SliceRecord) -> SliceStart:
         logits = rec.logits if self.ep.dense else None
-        return SliceStart(from_slice=rec.index, box=propagated_box(rec.mask, self.ep.config), logits=logits,
-                          mask=rec.mask)
+        box = propagated_box(rec.mask, self.ep.config)
+        prompted = last_box(rec.actions)
+        if prompted is not None and rec.area < self.ep.config.min_fill * prompted.area:
+            box = prompted  # the mask undershot the box it was asked for (VolumeConfig.min_fill)
+        return SliceStart(from_slice=rec.index, box=box, logits=logits, mask=rec.mask)
 
     # -- the whole volume ----------------------------------------------------------------------------------
     def execute(self) -> VolumeResult:

@@ -581,3 +581,52 @@ def test_retry_clicks_the_last_kept_masks_deepest_point_and_keeps_a_passing_answ
     end = next(s for s in res.slices if s.index == 6)
     assert end.retry == "failed" and end.check == EMPTY and res.ends[+1] == {"slice": 6, "reason": EMPTY}
     assert res.visited.count(5) == 1 and all(n == 1 for n in tool.starts.values())  # nothing encoded twice
+
+
+# -- min_fill: a mask that undershot its box hands the box on ---------------------------------------------
+class FragmentTool(BrightTool):
+    """``BrightTool`` that answers a 3 x 3 fragment at the box's centre on the slices in ``fragment`` whenever
+    the box is larger than the fragment (a segmenter that undershoots)."""
+
+    def __init__(self, fragment):
+        super().__init__()
+        self.fragment = set(fragment)
+        self.boxes: dict[int, list] = {}
+
+    def start(self, image):
+        session = super().start(image)
+        inner = session.predict
+
+        def predict(box=None, points=(), labels=(), mask_logits=None):
+            self.boxes.setdefault(session.k, []).append(None if box is None else tuple(int(v) for v in box))
+            out = inner(box=box, points=points, labels=labels, mask_logits=mask_logits)
+            if session.k in self.fragment and box is not None:
+                cx, cy = (int(box[0]) + int(box[2])) // 2, (int(box[1]) + int(box[3])) // 2
+                mask = np.zeros_like(out.mask)
+                mask[cy - 1:cy + 2, cx - 1:cx + 2] = out.mask[cy - 1:cy + 2, cx - 1:cx + 2]
+                return SegOutput(mask=mask, logits=out.logits, score=out.score)
+            return out
+
+        session.predict = predict
+        return session
+
+
+def test_min_fill_hands_the_prompt_box_on_when_the_mask_undershot_it():
+    vol, gt = volume([0, 8, 9, 10, 9, 8, 0])
+    env, user = EnvConfig(prompting="all"), tight_box(gt[3])
+    # the seed's answer is a 9-pixel fragment of a 21 x 21 box
+    off = VolumeEpisode(FragmentTool({3}), StopPolicy(), env, VolumeConfig(lookahead=0)).run(
+        vol, "disk", seed_slice=3, prompts=[user])
+    tool = FragmentTool({3})
+    on = VolumeEpisode(tool, StopPolicy(), env, VolumeConfig(lookahead=0, min_fill=0.25)).run(
+        vol, "disk", seed_slice=3, prompts=[user])
+    k4_off = next(s for s in off.slices if s.index == 4)
+    k4_on = next(s for s in on.slices if s.index == 4)
+    assert k4_off.start.box.area < 10 * 10  # the fragment's box: the next answer is a fragment too
+    assert k4_on.start.box == user and tool.boxes[4] == [user.as_tuple()]  # the user's box, handed on
+    assert dice3d(on.mask, gt) > dice3d(off.mask, gt)
+    # a mask that fills its box hands on its own bounding box (+ margin), as without the rule
+    k5_on = next(s for s in on.slices if s.index == 5)
+    assert k5_on.start.box == propagated_box(k4_on.mask, VolumeConfig())
+    with pytest.raises(ValueError, match="min_fill"):
+        VolumeConfig(min_fill=1.5)
