@@ -57,9 +57,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="comma-separated subset of " + ",".join(BASELINES + SPLIT_EXPERT_BASELINES)
                         + " (the last two on request: the expert on the seed slice / propagated slices only)")
     add_episode_args(p)
-    p.add_argument("--retry", choices=("on", "off"), default="on" if d.retry else "off",
-                   help="play a slice that fails the end rule once more, with a positive click at the last kept "
-                        "mask's deepest point (VolumeConfig.retry)")
     p.add_argument("--min-fill", type=float, default=d.min_fill,
                    help="a mask filling less than this fraction of its prompt box hands the next slice that box "
                         "(VolumeConfig.min_fill; 0 = off)")
@@ -100,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         policy = StopPolicy()
     vcfg = VolumeConfig(margin_px=args.margin_px, margin_fraction=args.margin_fraction,
                         dense_prompt=args.dense_prompt == "on", correction_guard=args.correction_guard == "on",
-                        retry=args.retry == "on", min_fill=args.min_fill,
+                        min_fill=args.min_fill,
                         collapse_fraction=args.collapse_fraction,
                         min_score=args.min_score, lookahead=args.lookahead, prefetch=not args.no_prefetch)
     env_config = settings.env_config(args.backend)

@@ -43,7 +43,6 @@ training (with ``gt`` the slice episodes carry IoU/Dice and rewards, and each ``
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import numbers
 import threading
@@ -55,7 +54,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
 from lib.agent.actions import Action, Box, Point
 from lib.agent.clicks import tight_box
@@ -125,12 +123,6 @@ class VolumeConfig:
             likely a wrong click than a repair, and one that removes a leak or fills a hole the neighbour does
             not have moves it closer. It needs no ground truth and no quality head (which does not rank masks on
             real MR: BENCHMARKS.md, "Quality"). Costs one decode on a refused slice.
-        retry: a slice that fails the end rule is played once more before it counts as failing, from the same
-            box plus a positive click at the deepest point of the last kept mask (the point farthest from its
-            outline, ``scipy.ndimage.distance_transform_edt``); the retry is kept when it passes the rule
-            (``SliceRecord.retry``). A large organ does not end in one slice: where the box's answer drifted onto
-            another tissue the click pulls it back onto the structure, and where the structure really ended the
-            retry fails the rule too. Costs one slice episode on each failing slice.
         min_fill: when a slice's final mask fills less than this fraction of the last box it was prompted with
             (the user's box on the seed slice, a policy's box, or the propagated box), the next slice starts from
             that same box instead of the mask's bounding box: a mask that fills little of a box drawn around the
@@ -149,7 +141,6 @@ class VolumeConfig:
     prefetch: bool = True
     memory: bool = True
     correction_guard: bool = False
-    retry: bool = False
     min_fill: float = 0.0
 
     def __post_init__(self) -> None:
@@ -248,14 +239,12 @@ class SliceStart:
         logits: (1, 256, 256) dense prompt, or None (backend without mask input, or turned off).
         mask: (H, W) bool, the neighbour's final mask (``VolumeConfig.correction_guard`` compares with it), or
             None (a start built from a box alone: no guard).
-        points: clicks (pixels) issued after the box as part of the start (``VolumeConfig.retry``).
     """
 
     from_slice: int
     box: Box
     logits: np.ndarray | None = field(default=None, repr=False)
     mask: np.ndarray | None = field(default=None, repr=False)
-    points: tuple[Point, ...] = ()
 
 
 @dataclass
@@ -278,8 +267,6 @@ class SliceRecord:
         check: ``end_check`` verdict (None = passed; always None on the seed slice).
         kept: the mask was written into the volume (seed, passed, or bridged).
         bridged: a failing slice kept because the slice after it passed.
-        retry: ``VolumeConfig.retry`` on a slice that failed the end rule: "kept" (the retry passed and is this
-            record) or "failed" (this is the first attempt; the retry failed too); None = no retry.
         refused: the policy's corrections on the slice were not kept (``VolumeConfig.correction_guard``): its
             mask, score and logits are the propagated answer's; ``actions`` still lists what the policy issued.
         encoder_s: encoder seconds this run paid for the slice (0 when the session was cached before).
@@ -312,7 +299,6 @@ class SliceRecord:
     kept: bool = False
     bridged: bool = False
     refused: bool = False
-    retry: str | None = None
     encoder_s: float = 0.0
     encoder_cached: bool = False
     wait_s: float = 0.0
@@ -330,7 +316,6 @@ class SliceRecord:
         """JSON-ready summary (no arrays, no trajectory)."""
         start = None if self.start is None else {"from_slice": self.start.from_slice,
                                                  "box": list(self.start.box.as_tuple()),
-                                                 "points": [[p.x, p.y, p.positive] for p in self.start.points],
                                                  "dense_prompt": self.start.logits is not None}
         return {
             "index": self.index, "direction": self.direction, "start": start, "turns": self.turns,
@@ -338,7 +323,6 @@ class SliceRecord:
             "score": None if math.isnan(self.score) else self.score, "predicted_quality": self.predicted_quality,
             "area": self.area, "intensity": None if math.isnan(self.intensity) else self.intensity,
             "check": self.check, "kept": self.kept, "bridged": self.bridged, "refused": self.refused,
-            "retry": self.retry,
             "encoder_s": self.encoder_s, "encoder_cached": self.encoder_cached, "wait_s": self.wait_s,
             "decoder_s": self.decoder_s, "policy_s": self.policy_s, "total_s": self.total_s,
             "memory": self.memory, "memory_s": self.memory_s,
@@ -588,15 +572,11 @@ class _Run:
 
     # -- one slice -----------------------------------------------------------------------------------------
     def _slice(self, k: int, direction: int, start: SliceStart | None,
-               then: Callable[[], Any] | None = None, session: ToolSession | None = None) -> SliceRecord:
+               then: Callable[[], Any] | None = None) -> SliceRecord:
         """Play slice k's episode (from ``start``, or from the hand-off prompts / nothing on the seed slice);
-        ``then`` runs once the slice's embedding is ready, before the episode (the seed's prefetches);
-        ``session``: the slice's session when it was fetched before (a retry), else it is fetched now."""
+        ``then`` runs once the slice's embedding is ready, before the episode (the seed's prefetches)."""
         ep = self.ep
-        if session is None:
-            session, wait_s = self._session(k)
-        else:
-            wait_s = 0.0
+        session, wait_s = self._session(k)
         if then is not None:
             then()
         cached = k not in self.encoded
@@ -609,7 +589,7 @@ class _Run:
                 attended = list(session_used.attended)
         if start is not None and start.logits is not None:
             session_used = DensePromptSession(session_used, start.logits)
-        prefix: list[Action] = list(self.prompts) if start is None else [start.box, *start.points]
+        prefix: list[Action] = list(self.prompts) if start is None else [start.box]
         # only the user's prompts hold the policy to their box: a propagated box is the episode's own guess of
         # where the structure moved, which the policy may replace (held to it, the phantoms' volume Dice fell
         # from 0.701 to 0.696: shifted pancreas and kidney boxes were refused)
@@ -723,10 +703,9 @@ class _Run:
             return
         self._prefetch(k + d.step)
         rec = self._slice(k, d.step, self._start_from(d.last))
-        rec.check = self._check(rec, d)
-        if rec.check is not None and self.ep.config.retry:
-            rec = self._retry(rec, d)
         self._record(records, rec)
+        shift = abs(rec.intensity - self.seed_intensity) if rec.area else 0.0
+        rec.check = end_check(rec.area, rec.score, d.last.area, self.ep.config, shift)
         if rec.check is None:
             for gap in d.pending:  # the structure goes on past the failing slice(s): keep their own masks
                 gap.kept = gap.bridged = True
@@ -745,30 +724,6 @@ class _Run:
             first = d.pending[0] if d.pending else rec
             self._finish(d, first.index, first.check)
             self._cancel(k + d.step)
-
-    def _check(self, rec: SliceRecord, d: _Direction) -> str | None:
-        shift = abs(rec.intensity - self.seed_intensity) if rec.area else 0.0
-        return end_check(rec.area, rec.score, d.last.area, self.ep.config, shift)
-
-    def _retry(self, rec: SliceRecord, d: _Direction) -> SliceRecord:
-        """``VolumeConfig.retry``: slice ``rec.index`` once more from the last kept mask's box plus a positive click
-        at its deepest point; the retry's record when it passes the end rule, else ``rec`` (marked "failed")."""
-        dist = ndimage.distance_transform_edt(np.pad(d.last.mask, 1))[1:-1, 1:-1]
-        y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
-        start = dataclasses.replace(self._start_from(d.last), points=(Point(int(x), int(y), True),))
-        again = self._slice(rec.index, d.step, start, session=self._encode(rec.index))  # cached: no encode
-        again.check = self._check(again, d)
-        if again.check is not None:
-            rec.retry = "failed"
-            return rec
-        again.retry = "kept"
-        again.corrective += rec.corrective  # what the policy issued on the first attempt counts too
-        again.actions = rec.actions + again.actions
-        for name in ("decoder_s", "policy_s", "total_s"):
-            setattr(again, name, getattr(again, name) + getattr(rec, name))
-        again.wait_s, again.encoder_s, again.encoder_cached = rec.wait_s, rec.encoder_s, rec.encoder_cached
-        again.session_encoder_s = rec.session_encoder_s
-        return again
 
     @staticmethod
     def _finish(d: _Direction, k: int, reason: str) -> None:

@@ -536,53 +536,6 @@ def test_correction_guard_refuses_corrections_that_move_away_from_the_neighbour(
     assert dice3d(good.mask, gt) == 1.0 > dice3d(plain.mask, gt)
 
 
-# -- the retry of a failing slice ---------------------------------------------------------------------------
-class DriftTool(BrightTool):
-    """``BrightTool`` whose box-only answer on the slices in ``drift`` is empty (the box's answer drifted off the
-    structure); a positive click on the structure still finds it."""
-
-    def __init__(self, drift):
-        super().__init__()
-        self.drift = set(drift)
-        self.prompts: dict[int, list] = {}
-
-    def start(self, image):
-        session = super().start(image)
-        inner = session.predict
-
-        def predict(box=None, points=(), labels=(), mask_logits=None):
-            self.prompts.setdefault(session.k, []).append([tuple(p) for p in points])
-            out = inner(box=box, points=points, labels=labels, mask_logits=mask_logits)
-            if session.k in self.drift and not len(points):
-                return SegOutput(mask=np.zeros_like(out.mask), logits=out.logits, score=out.score)
-            return out
-
-        session.predict = predict
-        return session
-
-
-def test_retry_clicks_the_last_kept_masks_deepest_point_and_keeps_a_passing_answer():
-    vol, gt = volume([0, 6, 8, 10, 8, 6, 0, 0])
-    env = EnvConfig(prompting="all")
-    plain = VolumeEpisode(DriftTool({5}), StopPolicy(), env, VolumeConfig(lookahead=0)).run(
-        vol, "disk", seed_slice=3, prompts=[tight_box(gt[3])])
-    assert plain.kept == [1, 2, 3, 4] and plain.ends[+1] == {"slice": 5, "reason": EMPTY}
-
-    tool = DriftTool({5})
-    res = VolumeEpisode(tool, StopPolicy(), env, VolumeConfig(lookahead=0, retry=True)).run(
-        vol, "disk", seed_slice=3, prompts=[tight_box(gt[3])])
-    assert dice3d(res.mask, gt) == 1.0 and res.kept == [1, 2, 3, 4, 5]
-    fixed = next(s for s in res.slices if s.index == 5)
-    assert fixed.retry == "kept" and fixed.check is None and fixed.start.points == (Point(24, 24, True),)
-    assert fixed.to_dict()["start"]["points"] == [[24, 24, True]]
-    # the first attempt's box; the retry's box, then the box with the click at the disk's centre
-    assert tool.prompts[5] == [[], [], [(24, 24)]]
-    # past the end the retry fails too: the first attempt stays, and the direction ends as without a retry
-    end = next(s for s in res.slices if s.index == 6)
-    assert end.retry == "failed" and end.check == EMPTY and res.ends[+1] == {"slice": 6, "reason": EMPTY}
-    assert res.visited.count(5) == 1 and all(n == 1 for n in tool.starts.values())  # nothing encoded twice
-
-
 # -- min_fill: a mask that undershot its box hands the box on ---------------------------------------------
 class FragmentTool(BrightTool):
     """``BrightTool`` that answers a 3 x 3 fragment at the box's centre on the slices in ``fragment`` whenever
