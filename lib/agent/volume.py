@@ -125,8 +125,7 @@ class VolumeConfig:
             real MR: BENCHMARKS.md, "Quality"). Costs one decode on a refused slice.
         min_fill: when a slice's final mask fills less than this fraction of the last box it was prompted with
             (the user's box on the seed slice, a policy's box, or the propagated box), the next slice starts from
-            a box of that size centred on the mask (``centred_box``; the structure moves between slices) instead of
-            the mask's bounding box: a mask that fills little of a box drawn around the
+            that same box instead of the mask's bounding box: a mask that fills little of a box drawn around the
             structure undershot it (LiteMedSAM answers a fragment on many real MR slices), and a box shrunk to the
             fragment makes the next answer smaller still. 0 = off (every start box comes from the mask).
     """
@@ -206,20 +205,6 @@ def last_box(actions: Sequence[Mapping[str, Any]]) -> Box | None:
         if a.get("type") == "box" and "invalid" not in a:
             return Box(*(int(v) for v in a["box"]))
     return None
-
-
-def centred_box(box: Box, mask: np.ndarray) -> Box:
-    """``box``'s size centred on ``mask``'s centroid (nearest pixel), shifted back inside the (H, W) slice.
-
-    Args:
-        box: inclusive pixels; mask: (H, W) bool, non-empty.
-    """
-    h, w = mask.shape
-    ys, xs = np.nonzero(mask)
-    bw, bh = min(box.x1 - box.x0, w - 1), min(box.y1 - box.y0, h - 1)
-    x0 = int(np.clip(round(float(xs.mean()) - bw / 2), 0, w - 1 - bw))
-    y0 = int(np.clip(round(float(ys.mean()) - bh / 2), 0, h - 1 - bh))
-    return Box(x0, y0, x0 + bw, y0 + bh)
 
 
 class DensePromptSession(ToolSession):
@@ -656,7 +641,7 @@ class _Run:
         box = propagated_box(rec.mask, self.ep.config)
         prompted = last_box(rec.actions)
         if prompted is not None and rec.area < self.ep.config.min_fill * prompted.area:
-            box = centred_box(prompted, rec.mask)  # the mask undershot the box it was asked for (min_fill)
+            box = prompted  # the mask undershot the box it was asked for (VolumeConfig.min_fill)
         return SliceStart(from_slice=rec.index, box=box, logits=logits, mask=rec.mask)
 
     # -- the whole volume ----------------------------------------------------------------------------------

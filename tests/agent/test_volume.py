@@ -30,7 +30,6 @@ from lib.agent.volume import (
     DensePromptSession,
     VolumeConfig,
     VolumeEpisode,
-    centred_box,
     end_check,
     propagated_box,
 )
@@ -584,13 +583,3 @@ def test_min_fill_hands_the_prompt_box_on_when_the_mask_undershot_it():
     assert k5_on.start.box == propagated_box(k4_on.mask, VolumeConfig())
     with pytest.raises(ValueError, match="min_fill"):
         VolumeConfig(min_fill=1.5)
-
-
-def test_centred_box_keeps_the_size_follows_the_mask_and_stays_inside():
-    mask = np.zeros((48, 48), dtype=bool)
-    mask[30:33, 20:23] = True  # centroid (x 21, y 31)
-    assert centred_box(Box(0, 0, 10, 6), mask) == Box(16, 28, 26, 34)
-    mask[:] = False
-    mask[46:48, 45:48] = True  # near the corner: shifted back inside, same size
-    assert centred_box(Box(0, 0, 10, 6), mask) == Box(37, 41, 47, 47)
-    assert centred_box(Box(0, 0, 60, 60), mask) == Box(0, 0, 47, 47)  # larger than the slice: the slice
