@@ -12,7 +12,7 @@ and report it instead of crashing.
 from __future__ import annotations
 
 import numbers
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -149,3 +149,17 @@ def from_dict(d: dict[str, Any]) -> Action:
             raise ValueError(f"point action needs 'positive': true or false, got {d.get('positive')!r}")
         return Point(_int_field(pt[0], "point x"), _int_field(pt[1], "point y"), d["positive"])
     raise ValueError(f"unknown action type {kind!r}; use 'box', 'point' or 'stop'")
+
+
+def prompts_from_actions(actions: Sequence[Mapping[str, Any]]) -> tuple[tuple[int, ...] | None, list[tuple]]:
+    """(current box, clicks) from ``info["actions"]`` dicts in pixels: the last valid box (a new box replaces
+    the old one, as ``Interaction.add_box`` does) and every valid click ``(x, y, positive)``."""
+    box, clicks = None, []
+    for a in actions:
+        if "invalid" in a:
+            continue
+        if a.get("type") == "box":
+            box = tuple(int(v) for v in a["box"])
+        elif a.get("type") == "point":
+            clicks.append((int(a["point"][0]), int(a["point"][1]), bool(a["positive"])))
+    return box, clicks

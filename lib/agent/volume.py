@@ -55,7 +55,7 @@ from typing import Any
 
 import numpy as np
 
-from lib.agent.actions import Action, Box, Point
+from lib.agent.actions import Action, Box, Point, prompts_from_actions
 from lib.agent.clicks import tight_box
 from lib.agent.env import EnvConfig, SegmentationEnv
 from lib.agent.metrics import dice
@@ -197,14 +197,6 @@ def propagated_box(mask: np.ndarray, config: VolumeConfig) -> Box:
     mx = max(config.margin_px, int(round(config.margin_fraction * (tb.x1 - tb.x0 + 1))))
     my = max(config.margin_px, int(round(config.margin_fraction * (tb.y1 - tb.y0 + 1))))
     return Box(max(tb.x0 - mx, 0), max(tb.y0 - my, 0), min(tb.x1 + mx, w - 1), min(tb.y1 + my, h - 1))
-
-
-def last_box(actions: Sequence[Mapping[str, Any]]) -> Box | None:
-    """The last valid box among ``actions`` (``Trajectory.actions`` dicts, pixels), or None."""
-    for a in reversed(actions):
-        if a.get("type") == "box" and "invalid" not in a:
-            return Box(*(int(v) for v in a["box"]))
-    return None
 
 
 class DensePromptSession(ToolSession):
@@ -639,9 +631,9 @@ class _Run:
     def _start_from(self, rec: SliceRecord) -> SliceStart:
         logits = rec.logits if self.ep.dense else None
         box = propagated_box(rec.mask, self.ep.config)
-        prompted = last_box(rec.actions)
-        if prompted is not None and rec.area < self.ep.config.min_fill * prompted.area:
-            box = prompted  # the mask undershot the box it was asked for (VolumeConfig.min_fill)
+        prompted, _ = prompts_from_actions(rec.actions)
+        if prompted is not None and rec.area < self.ep.config.min_fill * Box(*prompted).area:
+            box = Box(*prompted)  # the mask undershot the box it was asked for (VolumeConfig.min_fill)
         return SliceStart(from_slice=rec.index, box=box, logits=logits, mask=rec.mask)
 
     # -- the whole volume ----------------------------------------------------------------------------------

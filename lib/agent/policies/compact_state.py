@@ -10,6 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lib.agent.actions import prompts_from_actions
 from lib.agent.policies.compact_config import CompactConfig
 
 
@@ -36,20 +37,6 @@ def resize_plane(plane: np.ndarray, size: int) -> np.ndarray:
     """(H, W) array -> (S, S) float32, bilinear with align-corners geometry (the policy's frame)."""
     t = torch.from_numpy(np.ascontiguousarray(plane, dtype=np.float32))[None, None]
     return F.interpolate(t, size=(size, size), mode="bilinear", align_corners=True)[0, 0].numpy()
-
-
-def prompts_from_actions(actions: Sequence[Mapping[str, Any]]) -> tuple[tuple[int, ...] | None, list[tuple]]:
-    """(current box, clicks) from ``info["actions"]`` dicts in pixels: the last valid box (a new box replaces
-    the old one, as ``Interaction.add_box`` does) and every valid click ``(x, y, positive)``."""
-    box, clicks = None, []
-    for a in actions:
-        if "invalid" in a:
-            continue
-        if a.get("type") == "box":
-            box = tuple(int(v) for v in a["box"])
-        elif a.get("type") == "point":
-            clicks.append((int(a["point"][0]), int(a["point"][1]), bool(a["positive"])))
-    return box, clicks
 
 
 def prompt_planes(shape: tuple[int, int], actions: Sequence[Mapping[str, Any]], config: CompactConfig) -> np.ndarray:
