@@ -631,9 +631,11 @@ class _Run:
     def _start_from(self, rec: SliceRecord) -> SliceStart:
         logits = rec.logits if self.ep.dense else None
         box = propagated_box(rec.mask, self.ep.config)
-        prompted, _ = prompts_from_actions(rec.actions)
-        if prompted is not None and rec.area < self.ep.config.min_fill * Box(*prompted).area:
-            box = Box(*prompted)  # the mask undershot the box it was asked for (VolumeConfig.min_fill)
+        if self.ep.config.min_fill > 0:  # off by default: no action parsing on every propagated slice
+            prompted, _ = prompts_from_actions(rec.actions)
+            held = None if prompted is None else Box(*prompted)
+            if held is not None and rec.area < self.ep.config.min_fill * held.area:
+                box = held  # the mask undershot the box it was asked for (VolumeConfig.min_fill)
         return SliceStart(from_slice=rec.index, box=box, logits=logits, mask=rec.mask)
 
     # -- the whole volume ----------------------------------------------------------------------------------
