@@ -42,7 +42,7 @@ KIND_STOP, KIND_BOX, KIND_POINT = 0, 1, 2
 KIND_NONE = 3
 _GRID = coords.GRAMMAR_MAX + 1
 #: reset option keys the environment understands
-OPTION_KEYS = ("image", "gt", "target", "session", "meta")
+OPTION_KEYS = ("image", "gt", "target", "session", "meta", "prior")
 
 
 @dataclass(frozen=True)
@@ -192,7 +192,10 @@ class SegmentationEnv(gym.Env):
     ## Starting State
     Empty mask, no prompts, ``turn = 0``. ``reset(seed=..., options={"image": (H, W) float [0, 1] or
     (H, W, 3) uint8 or a ToolSession, "gt": (H, W) bool or None, "target": label name, "session":
-    pre-encoded ToolSession of that image, "meta": dict copied to info})``. Without an image the
+    pre-encoded ToolSession of that image, "meta": dict copied to info, "prior": (H, W) bool or None})``.
+    ``prior`` is the neighbouring slice's final mask when the episode continues a structure from there (a volume
+    episode's propagated slices): what the structure looked like one slice away, for a policy that compares the
+    current mask with it; it is not a prompt and the tool never sees it. Without an image the
     ``sampler`` given at construction draws the options with ``self.np_random``.
 
     ## Episode End
@@ -209,7 +212,8 @@ class SegmentationEnv(gym.Env):
     an ``invalid`` key), ``masks`` (H, W) bool per executed action, ``scores`` (tool-predicted IoU),
     ``ious`` / ``dices`` per executed action (only with gt), ``encoder_ms``, ``encoder_cached``,
     ``decoder_ms`` (accumulated, look-ahead included), ``decoder_calls``, ``reward_terms``, ``stop_reason``
-    ("stop", "budget" or None), ``episode_reward`` (final step, with gt), ``meta``.
+    ("stop", "budget" or None), ``episode_reward`` (final step, with gt), ``meta``, ``prior`` ((H, W) bool or
+    None, as given at reset).
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 1}
@@ -318,9 +322,10 @@ class SegmentationEnv(gym.Env):
         if self.fixed_shape is None:
             self.observation_space = self._obs_space(shape)
         self._image = pixels if pixels is not None else np.zeros(shape, dtype=np.float32)
-        self.gt = self._check_gt(opts.get("gt"), shape)
+        self.gt = self._check_mask(opts.get("gt"), shape, "gt")
         self.target = "" if opts.get("target") is None else str(opts["target"])
         self.meta = dict(opts.get("meta") or {})
+        self.prior = self._check_mask(opts.get("prior"), shape, "prior")
         self._inter = Interaction(session, prompting=self.config.prompting, local_radius=self.config.local_radius)
         self._done = False
         self._turn = 0
@@ -356,15 +361,15 @@ class SegmentationEnv(gym.Env):
         return img.astype(np.float32, copy=False)
 
     @staticmethod
-    def _check_gt(gt: Any, shape: tuple[int, int]) -> np.ndarray | None:
-        if gt is None:
+    def _check_mask(mask: Any, shape: tuple[int, int], name: str) -> np.ndarray | None:
+        if mask is None:
             return None
-        gt = np.asarray(gt)
-        if gt.dtype != bool:
-            raise TypeError(f"gt must be an (H, W) bool mask, got dtype {gt.dtype}; convert with label == value")
-        if gt.shape != shape:
-            raise ValueError(f"gt {gt.shape} must have the slice's (H, W) shape {shape}")
-        return gt
+        mask = np.asarray(mask)
+        if mask.dtype != bool:
+            raise TypeError(f"{name} must be an (H, W) bool mask, got dtype {mask.dtype}; convert with label == value")
+        if mask.shape != shape:
+            raise ValueError(f"{name} {mask.shape} must have the slice's (H, W) shape {shape}")
+        return mask
 
     # -- acting ---------------------------------------------------------------------------------
     def _to_action(self, action: Any) -> tuple[Action | None, dict[str, Any], str | None]:
@@ -507,6 +512,7 @@ class SegmentationEnv(gym.Env):
             "reward_terms": dict(terms),
             "stop_reason": self._stop_reason,
             "meta": dict(self.meta),
+            "prior": self.prior,
         }
         if self.gt is not None:
             info["ious"] = list(self._ious)

@@ -111,6 +111,7 @@ def rollout(
         source=dict(meta.get("source", {})),
         qualities=qualities,
         final_quality=None if final_quality is None else float(final_quality),
+        prior=None if info.get("prior") is None else rle_encode(info["prior"]),
     )
 
 
@@ -126,9 +127,11 @@ def window_slice(sample: SliceSample, settings: EpisodeSettings) -> np.ndarray:
 
 
 def sample_options(sample: SliceSample, image: np.ndarray, session: Any = None,
-                   source: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Reset options of ``SegmentationEnv`` for a dataset slice: ``image`` is ``window_slice(sample, ...)``."""
+                   source: Mapping[str, Any] | None = None, prior: np.ndarray | None = None) -> dict[str, Any]:
+    """Reset options of ``SegmentationEnv`` for a dataset slice: ``image`` is ``window_slice(sample, ...)``;
+    ``prior`` the neighbouring slice's mask of a volume start state."""
     return {
+        "prior": prior,
         "image": image,
         "gt": sample.gt,
         "target": sample.label_name,

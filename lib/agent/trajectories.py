@@ -87,6 +87,8 @@ class Trajectory:
             of the mask it was shown BEFORE that action, ``lib.agent.quality``); None where it was not asked (the
             user's hand-off prompts) or predicts none (oracles). Empty in files written before it existed.
         final_quality: the policy's predicted quality of ``final_mask`` (None when it predicts none).
+        prior: RLE of the neighbouring slice's final mask the episode started next to (a volume episode's
+            propagated slice: the env's ``prior`` reset option), or None; learners rebuild the policy input from it.
         seed: the episode seed (reproduces the trajectory with the same tool and data).
         source: where the slice comes from (dataset folder, image path, ...).
         schema_version: ``SCHEMA_VERSION`` of the writer.
@@ -116,6 +118,7 @@ class Trajectory:
     source: dict[str, Any] = field(default_factory=dict)
     qualities: list[float | None] = field(default_factory=list)
     final_quality: float | None = None
+    prior: dict[str, Any] | None = None
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -145,6 +148,10 @@ class Trajectory:
     def mask_arrays(self) -> list[np.ndarray]:
         """(H, W) bool mask after each executed action."""
         return [rle_decode(r) for r in self.masks]
+
+    def prior_array(self) -> np.ndarray | None:
+        """(H, W) bool neighbour mask the episode was given (``prior``), or None."""
+        return None if self.prior is None else rle_decode(self.prior)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (``schema_version`` first)."""

@@ -229,8 +229,9 @@ class SliceStart:
         from_slice: the neighbour slice index.
         box: the first action (pixels).
         logits: (1, 256, 256) dense prompt, or None (backend without mask input, or turned off).
-        mask: (H, W) bool, the neighbour's final mask (``VolumeConfig.correction_guard`` compares with it), or
-            None (a start built from a box alone: no guard).
+        mask: (H, W) bool, the neighbour's final mask: the slice episode's ``prior`` (what a policy with the
+            prior channel sees) and what ``VolumeConfig.correction_guard`` compares with; None = a start built
+            from a box alone (no prior, no guard).
     """
 
     from_slice: int
@@ -591,6 +592,7 @@ class _Run:
             "session": session_used,
             "gt": None if self.gt is None else self.gt[k],
             "target": self.target,
+            "prior": None if start is None else start.mask,
             "meta": {"case_id": str(self.meta.get("case_id", self.volume_id)), "slice_index": int(k), "axis": 0,
                      "source": {**self.meta, "volume_direction": direction,
                                 "from_slice": None if start is None else start.from_slice}},

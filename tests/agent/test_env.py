@@ -235,6 +235,10 @@ def test_reset_errors_are_explicit(two_tone_disk):
         env.reset(options=_opts(img, gt.astype(np.uint8)))
     with pytest.raises(ValueError, match="unknown reset option"):
         env.reset(options=_opts(img, gt, colour="red"))
+    with pytest.raises(ValueError, match="prior"):
+        env.reset(options=_opts(img, gt, prior=gt[1:]))
+    _, info = env.reset(options=_opts(img, gt, prior=gt))  # a neighbour's mask: handed to the policy, not the tool
+    assert info["prior"] is gt and not info["masks"]
     fixed = SegmentationEnv(FakeTool(), shape=(10, 10))
     with pytest.raises(ValueError, match="shape=None"):
         fixed.reset(options=_opts(img, gt))

@@ -188,6 +188,11 @@ def test_handoff_propagates_both_ways_and_ends_after_the_structure():
     assert up.start.box == propagated_box(res.slices[0].mask, VolumeConfig())
     assert res.corrective_actions == 0
     assert res.to_dict()["kept"] == res.kept  # JSON-ready summary
+    # each propagated slice's episode is given its neighbour's final mask (the policy's prior); the seed none
+    assert seed.trajectory.prior is None
+    for rec in res.slices[1:]:
+        neighbour = next(s for s in res.slices if s.index == rec.start.from_slice)
+        assert np.array_equal(rec.trajectory.prior_array(), neighbour.mask)
 
 
 def test_each_visited_slice_is_encoded_exactly_once():

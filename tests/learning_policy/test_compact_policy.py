@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -13,7 +14,7 @@ from lib.agent.policies.compact import CompactPolicy
 from lib.agent.policies.compact_codec import decode_action, encode_action
 from lib.agent.policies.compact_config import BOX, STOP, CompactConfig
 from lib.agent.policies.compact_net import n_parameters
-from lib.agent.policies.compact_state import prompt_planes
+from lib.agent.policies.compact_state import prompt_planes, state_features
 
 from .conftest import LABELS, TINY
 
@@ -142,3 +143,39 @@ def test_quality_calibration_is_stored_served_and_gates_the_stop(tmp_path):
         CompactPolicy(LABELS, TINY, stop_quality="auto")
     with pytest.raises(ValueError, match="stop_quality"):
         CompactPolicy(LABELS, TINY, stop_quality=1.5)
+
+
+def test_prior_channel_reads_the_neighbour_mask_and_a_widened_copy_decides_as_before(tmp_path):
+    with_prior = dataclasses.replace(TINY, prior=True)
+    assert with_prior.channels[-1] == "prior" and len(with_prior.channels) == len(TINY.channels) + 1
+    obs, info = _obs()
+    neighbour = np.zeros(obs["mask"].shape, dtype=bool)
+    neighbour[10:30, 12:40] = True
+    x = state_features(np.zeros((64, 64), np.float32), obs["mask"], info["actions"], with_prior, neighbour)
+    assert x.shape == (6, 64, 64) and x[5].max() == 1.0 and x[5, :, :10].max() == 0.0  # left of the mask: empty
+    none = state_features(np.zeros((64, 64), np.float32), obs["mask"], info["actions"], with_prior)
+    assert none.shape == (6, 64, 64) and not none[5].any()  # a slice episode: no neighbour
+
+    torch.manual_seed(0)
+    base = CompactPolicy(LABELS, TINY)
+    wide = base.copy(with_prior)  # the added channel starts at zero weight: same decisions, prior or not
+    back = wide.copy(TINY)
+    for p in (base, wide, back):
+        p.reset(obs, info, seed=0)
+    assert base.act(obs, info) == wide.act(obs, {**info, "prior": neighbour}) == back.act(obs, info)
+    assert wide.last_quality == pytest.approx(base.last_quality)
+    with torch.no_grad():
+        wide.net.stem[0].weight[:, 5] += 1.0  # once trained, the prior changes what the policy sees
+    a = wide.features(obs, {**info, "prior": neighbour})[0]
+    assert a.shape[0] == 6 and float(a[5].sum()) > 0
+    with pytest.raises(ValueError, match="prior only"):
+        base.copy(dataclasses.replace(TINY, size=128))
+
+    # a checkpoint written before the channel existed (no "prior" in its architecture) loads as 5 channels
+    base.save(tmp_path / "old")
+    meta = json.loads((tmp_path / "old" / "policy.json").read_text())
+    del meta["architecture"]["prior"]
+    (tmp_path / "old" / "policy.json").write_text(json.dumps(meta))
+    assert CompactPolicy.load(tmp_path / "old").config == TINY
+    wide.save(tmp_path / "new")
+    assert CompactPolicy.load(tmp_path / "new").config.channels == with_prior.channels

@@ -3,6 +3,7 @@ the deterministic FakeTool, the real expert and the real volume episodes."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import Counter
 
@@ -16,7 +17,7 @@ from lib.agent.settings import EpisodeSettings
 from lib.agent.volume import VolumeConfig, propagated_box
 from lib.learning.policy.data import TrajectoryConfig, expert_trajectories
 from lib.learning.policy.rl import RLConfig, train_grpo
-from lib.learning.policy.sft import trajectory_states
+from lib.learning.policy.sft import SFTConfig, train_sft, trajectory_states
 from lib.learning.policy.volume_data import (
     VolumeStarts,
     starts_of,
@@ -99,6 +100,34 @@ def test_expert_trajectories_from_volume_starts_mark_the_propagated_box_as_given
     states = trajectory_states(trajs, lambda name: 0, TINY)
     assert len(states) == sum(len(t.actions) - 1 for t in trajs)
     assert Counter(states.turns)[0] == 0  # no decision at turn 0: turn 0 was the propagated box
+    # every start keeps the neighbour's mask as the episode's prior (stored, so SFT rebuilds what was seen)
+    target = next(volume_targets(dataset, ["ball"], SETTINGS, starts))
+    for t in trajs:
+        prior = t.prior_array()
+        assert prior is not None and prior.any() and prior.shape == tuple(t.shape)
+        if t.source["volume_start"] == "neighbour_gt" and t.case_id == target.case_id:
+            assert np.array_equal(prior, target.gt[t.source["from_slice"]])
+    assert not any(p is not None for p in trajectory_states(trajs, lambda name: 0, TINY).priors)  # 5 channels
+    wide = trajectory_states(trajs, lambda name: 0, dataclasses.replace(TINY, prior=True))
+    assert all(p is not None and p.any() for p in wide.priors)
+
+
+def test_sft_warm_starts_a_prior_channel_policy_from_a_checkpoint_without_one(dataset, tmp_path):
+    trajs = volume_expert_trajectories(dataset, FakeTool(), ["ball"], SETTINGS, VolumeStarts(max_slices_per_target=2))
+    torch.manual_seed(0)
+    old = CompactPolicy({"ball": 1}, TINY)
+    old.save(tmp_path / "old")
+    cfg = SFTConfig(policy=dataclasses.replace(TINY, prior=True), init=str(tmp_path / "old"), steps=3, batch_size=4,
+                    max_minutes=0, val_fraction=0.0)
+    train_sft(cfg, trajs, tmp_path / "new", {"ball": 1}, images=dataset)
+    new = CompactPolicy.load(tmp_path / "new")
+    assert new.config.prior and new.provenance["init"] == str(tmp_path / "old")
+    w_old, w_new = old.net.stem[0].weight.detach(), new.net.stem[0].weight.detach()
+    assert w_new.shape[1] == w_old.shape[1] + 1
+    assert 0 < float((w_new[:, :5] - w_old[:, :5]).abs().max()) < 0.1  # trained from the old weights, not anew
+    assert float(w_new[:, 5].abs().max()) > 0  # and the prior channel learned something
+    with pytest.raises(ValueError, match="labels"):
+        train_sft(cfg, trajs, tmp_path / "other", {"ball": 1, "cube": 2}, images=dataset)
 
 
 def test_trajectory_config_adds_volume_episodes_from_a_dataset_and_can_turn_them_off(dataset):
@@ -116,7 +145,9 @@ def test_trajectory_config_adds_volume_episodes_from_a_dataset_and_can_turn_them
 def test_grpo_plays_groups_from_volume_start_states(dataset, tmp_path):
     pairs = volume_start_states(dataset, FakeTool(), ["ball"], SETTINGS, VolumeStarts(max_slices_per_target=2))
     assert pairs
-    for sample, box in pairs:
+    for sample, start in pairs:
+        box = start.box
+        assert start.mask is not None and start.mask.shape == sample.gt.shape  # the prior of the episode
         ys, xs = np.nonzero(sample.gt)
         assert sample.label_name == "ball" and sample.image.shape == sample.gt.shape
         assert box.x0 <= xs.max() and box.x1 >= xs.min() and box.y0 <= ys.max() and box.y1 >= ys.min()

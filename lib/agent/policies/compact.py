@@ -24,6 +24,7 @@ A checkpoint is a folder with ``policy.pt`` (a plain state dict, ``torch.load(we
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -182,10 +183,11 @@ class CompactPolicy(Policy):
         self.last_log_prob = None
 
     def features(self, obs: Mapping[str, Any], info: Mapping[str, Any]) -> tuple[torch.Tensor, int, int]:
-        """(input (5, S, S) float32 tensor, label index, turn) of the current state."""
+        """(input (C, S, S) float32 tensor, label index, turn) of the current state."""
         if self._image_s is None or self._label is None:
             raise RuntimeError("call reset(obs, info) before act()")
-        x = state_features(self._image_s, np.asarray(obs["mask"]), info.get("actions", []), self.config)
+        x = state_features(self._image_s, np.asarray(obs["mask"]), info.get("actions", []), self.config,
+                           info.get("prior"))
         return torch.from_numpy(x), self._label, int(info.get("turn", 0))
 
     def _forward(self, x: torch.Tensor, label: int, turn: int) -> dict[str, torch.Tensor]:
@@ -246,7 +248,7 @@ class CompactPolicy(Policy):
                 "input": "obs['image']: the windowed (H, W) slice, float in [0, 1] (lib.data.slices.windowing_for "
                          "with the CT window under 'episode', as the environment receives it)",
                 "resize": f"bilinear, align_corners geometry, to {self.config.size}x{self.config.size}",
-                "channels": list(CHANNELS),
+                "channels": list(self.config.channels),
                 "coordinates": "pixel (x, y) = (column, row); box bins and click cells in align_corners geometry",
             },
             "episode": dict(self.episode),
@@ -305,14 +307,28 @@ class CompactPolicy(Policy):
         policy.net.to(policy.device).eval()
         return policy
 
-    def copy(self) -> CompactPolicy:
-        """An independent copy (weights included), e.g. the frozen reference of KL regularisation."""
-        other = CompactPolicy(self._labels, self.config, device=str(self.device), greedy=self.greedy,
+    def copy(self, config: CompactConfig | None = None) -> CompactPolicy:
+        """An independent copy (weights included), e.g. the frozen reference of KL regularisation.
+
+        ``config``: the copy's architecture when it differs from this one by the ``prior`` input channel only
+        (a checkpoint trained without it, warm-starting one that reads it): an added channel starts with zero
+        weights, so the copy decides exactly as this policy until it is trained; a removed one is dropped."""
+        config = self.config if config is None else config
+        if dataclasses.replace(config, prior=self.config.prior) != self.config:
+            raise ValueError(f"a copy may change CompactConfig.prior only; {config} differs from {self.config}")
+        other = CompactPolicy(self._labels, config, device=str(self.device), greedy=self.greedy,
                               temperature=self.temperature, coord_temperature=self.coord_temperature,
                               stop_on_repeat=self.stop_on_repeat,
                               provenance=self.provenance, episode=self.episode, calibration=self.calibration,
                               stop_quality=self.stop_quality)
-        other.net.load_state_dict(self.net.state_dict())
+        state = self.net.state_dict()
+        if config.prior != self.config.prior:
+            stem = "stem.0.weight"  # (out, C + 2 coordinate planes, k, k): the data channels first, then x, y
+            w, n = state[stem], len(CHANNELS)
+            extra = torch.zeros_like(w[:, :1])
+            state = {**state, stem: torch.cat([w[:, :n], extra, w[:, n:]] if config.prior
+                                              else [w[:, :n], w[:, n + 1:]], dim=1)}
+        other.net.load_state_dict(state)
         return other
 
 

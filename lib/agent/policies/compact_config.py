@@ -8,10 +8,13 @@ position ``x * (S - 1) / (W - 1)`` (0 = first pixel centre, S - 1 = last). Box c
 ``pixel_to_bin`` are the only conversions. Nothing here depends on a backend: the input is the windowed
 slice, the current mask and the prompts, never a segmenter's embedding (tool-agnostic by design, docs/architecture.md).
 
-**Input** ``(B, 5, S, S)`` float32, channels: ``image`` (windowed, [0, 1]), ``mask`` (current mask, [0, 1]
-after bilinear resampling), ``box`` (1 inside the current box), ``positive`` / ``negative`` (a Gaussian of
-``click_sigma`` grid pixels at each click, max-combined). Two coordinate planes (x, y in [-1, 1]) are added
-inside the network, so "where" is learnable in autonomous mode. The target label (index into the
+**Input** ``(B, C, S, S)`` float32 (C = 5, or 6 with the prior), channels: ``image`` (windowed, [0, 1]),
+``mask`` (current mask, [0, 1] after bilinear resampling), ``box`` (1 inside the current box), ``positive`` /
+``negative`` (a Gaussian of ``click_sigma`` grid pixels at each click, max-combined); with ``CompactConfig.prior``
+a 6th, ``prior`` (the neighbouring slice's final mask where a volume episode continues a structure, [0, 1] after
+bilinear resampling; 0 elsewhere), so the policy can tell a mask that drifted from the structure one slice away
+from anatomy that changed. Two coordinate planes (x, y in [-1, 1]) are added inside the network, so "where" is
+learnable in autonomous mode. The target label (index into the
 policy's label set) and the turn index condition the network by FiLM.
 
 **Action** = a kind (stop / box / positive click / negative click) then its location:
@@ -27,8 +30,9 @@ from typing import Any
 #: action kinds, index = the kind head's class
 KINDS = ("stop", "box", "positive", "negative")
 STOP, BOX, POS, NEG = range(4)
-#: input channels of ``state_features``
+#: input channels of ``state_features`` (``CompactConfig.channels``: these, then ``PRIOR`` when it is on)
 CHANNELS = ("image", "mask", "box", "positive", "negative")
+PRIOR = "prior"
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,8 @@ class CompactConfig:
         cond_dim: size of the (label, turn) conditioning vector that drives the FiLM layers.
         max_turns: turn embeddings (turn indices beyond clamp to the last one).
         click_sigma: Gaussian radius of a click in the prompt channels, grid pixels.
+        prior: a 6th input channel, the neighbouring slice's final mask (volume episodes; zeros on a slice
+            episode). Off in checkpoints written before it existed, which load unchanged.
     """
 
     size: int = 256
@@ -57,6 +63,7 @@ class CompactConfig:
     cond_dim: int = 64
     max_turns: int = 8
     click_sigma: float = 3.0
+    prior: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
@@ -70,8 +77,15 @@ class CompactConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"CompactConfig.{name} must be an int >= 1, got {v!r}")
+        if not isinstance(self.prior, bool):
+            raise ValueError(f"CompactConfig.prior must be true or false, got {self.prior!r}")
         if not 0.5 <= float(self.click_sigma) <= self.size / 8:
             raise ValueError(f"CompactConfig.click_sigma must be in [0.5, size/8] grid pixels, got {self.click_sigma}")
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        """Names of the input channels, in order."""
+        return CHANNELS + ((PRIOR,) if self.prior else ())
 
     @property
     def point_grid(self) -> int:
@@ -80,4 +94,5 @@ class CompactConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {"size": self.size, "box_bins": self.box_bins, "widths": list(self.widths), "label_dim": self.label_dim,
-                "cond_dim": self.cond_dim, "max_turns": self.max_turns, "click_sigma": self.click_sigma}
+                "cond_dim": self.cond_dim, "max_turns": self.max_turns, "click_sigma": self.click_sigma,
+                "prior": self.prior}

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lib.agent.policies.compact_config import CHANNELS, KINDS, CompactConfig
+from lib.agent.policies.compact_config import KINDS, CompactConfig
 
 
 # -- network ----------------------------------------------------------------------------------------------
@@ -114,7 +114,8 @@ class CompactNet(nn.Module):
     the box heads' edge evidence.
 
     ``forward(x, label, turn)``:
-        x: (B, 5, S, S) float32 (``state_features``); label: (B,) int64 label index; turn: (B,) int64.
+        x: (B, C, S, S) float32 (``state_features``, ``config.channels``); label: (B,) int64 label index;
+        turn: (B,) int64.
     Returns a dict of logits: ``kind`` (B, 4), ``quality`` (B,) (sigmoid = predicted IoU of the current
     mask), ``box`` (B, 4, G) for x0, y0, x1, y1, ``point`` (B, 2, P*P) for positive / negative clicks.
     """
@@ -123,7 +124,7 @@ class CompactNet(nn.Module):
         super().__init__()
         self.config = config
         c1, c2, c3, c4 = config.widths
-        cin = len(CHANNELS) + 2
+        cin = len(config.channels) + 2
         self.label_emb = nn.Embedding(max(n_labels, 1), config.label_dim)
         self.turn_emb = nn.Embedding(config.max_turns + 1, 16)
         self.cond = nn.Sequential(nn.Linear(config.label_dim + 16, config.cond_dim), nn.SiLU())

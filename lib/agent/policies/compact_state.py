@@ -62,15 +62,22 @@ def prompt_planes(shape: tuple[int, int], actions: Sequence[Mapping[str, Any]], 
 
 
 def state_features(image_s: np.ndarray, mask: np.ndarray, actions: Sequence[Mapping[str, Any]],
-                   config: CompactConfig) -> np.ndarray:
-    """(5, S, S) float32 network input (see ``CHANNELS``).
+                   config: CompactConfig, prior: np.ndarray | None = None) -> np.ndarray:
+    """(C, S, S) float32 network input (``config.channels``: 5, or 6 with the prior).
 
     Args:
         image_s: the windowed slice already in the policy frame, (S, S) float32 in [0, 1]
             (``resize_plane(image, S)``; computed once per slice by callers that see it many times).
         mask: (H, W) bool or {0, 1} current mask of the ORIGINAL slice.
         actions: ``info["actions"]`` so far (pixels of the original slice).
+        prior: (H, W) bool neighbouring slice's mask (``info["prior"]``) or None (zeros); read only when
+            ``config.prior`` is on.
     """
     shape = tuple(int(v) for v in np.asarray(mask).shape)
-    m = resize_plane(np.asarray(mask, dtype=np.float32), config.size)
-    return np.concatenate([image_s[None].astype(np.float32), m[None], prompt_planes(shape, actions, config)])
+    planes = [image_s[None].astype(np.float32), resize_plane(np.asarray(mask, dtype=np.float32), config.size)[None],
+              prompt_planes(shape, actions, config)]
+    if config.prior:
+        s = config.size
+        planes.append(np.zeros((1, s, s), np.float32) if prior is None else
+                      resize_plane(np.asarray(prior, dtype=np.float32), s)[None])
+    return np.concatenate(planes)

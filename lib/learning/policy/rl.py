@@ -47,6 +47,7 @@ from lib.agent.rewards import RewardConfig
 from lib.agent.rollout import episode_seed, rollout, sample_options, tool_name, window_slice
 from lib.agent.settings import EpisodeSettings
 from lib.agent.trajectories import Trajectory
+from lib.agent.volume import SliceStart
 from lib.data.dataset import Case, Dataset, SliceSample, split_cases
 from lib.learning.curves import plot_curves, smooth
 from lib.learning.loop import BestState, LoopConfig, MetricLog, TrainLoop, seeded, torch_threads
@@ -145,13 +146,14 @@ class Slices:
         self.cache = SessionCache(int(cache_mb) << 20)
         self._images: dict[tuple, np.ndarray] = {}
 
-    def options(self, sample: SliceSample) -> dict[str, Any]:
+    def options(self, sample: SliceSample, prior: np.ndarray | None = None) -> dict[str, Any]:
+        """Reset options of the target's slice; ``prior``: the neighbour's mask of a volume start state."""
         key = slice_key(sample)
         if key not in self._images:
             self._images[key] = window_slice(sample, self.settings)
         image = self._images[key]
         session, _ = self.cache.get_or_start(key, lambda: self.tool.start(image))
-        return sample_options(sample, image=image, session=session)
+        return sample_options(sample, image=image, session=session, prior=prior)
 
 
 def play(env: SegmentationEnv, policy: Policy, options: Mapping[str, Any], seed: int,
@@ -176,11 +178,11 @@ def expected_reward(policy: CompactPolicy, env: SegmentationEnv, options: Mappin
 
 def evaluate_greedy(policy: CompactPolicy, env: SegmentationEnv, slices: Slices, targets: Sequence[SliceSample],
                     handoff: bool, seed: int, jitter: float,
-                    boxes: Sequence[Any] | None = None) -> dict[str, float]:
+                    starts: Sequence[SliceStart] | None = None) -> dict[str, float]:
     """Greedy policy on fixed targets: mean reward, final Dice, executed actions (hand-off box included).
 
-    ``boxes`` (one per target) are the start boxes to use instead of jittered hand-off boxes (volume start
-    states: the propagated box, which the policy is not held to)."""
+    ``starts`` (one per target) are volume start states to play instead of jittered hand-off boxes: their
+    propagated box (which the policy is not held to) and their neighbour mask as the episode's prior."""
     greedy, recording = policy.greedy, policy.recording
     policy.greedy, policy.recording = True, False
     rewards, dices, turns = [], [], []
@@ -188,11 +190,13 @@ def evaluate_greedy(policy: CompactPolicy, env: SegmentationEnv, slices: Slices,
         for i, s in enumerate(targets):
             key = (s.case_id, s.slice_index, s.label_name)
             ep_seed = episode_seed(seed, *key)
-            if boxes is not None:
-                box = boxes[i]
+            start = None if starts is None else starts[i]
+            if start is not None:
+                box = start.box
             else:
                 box = jittered_box(s.gt, np.random.default_rng(ep_seed), jitter) if handoff else None
-            traj = play(env, policy, slices.options(s), ep_seed, box, anchored=boxes is None)
+            traj = play(env, policy, slices.options(s, None if start is None else start.mask), ep_seed, box,
+                        anchored=start is None)
             rewards.append(traj.reward)
             dices.append(traj.final_dice)
             turns.append(traj.n_actions)
@@ -223,9 +227,12 @@ def _val_cases(case_ids: set[str], config: RLConfig) -> set[str]:
     return {c.case_id for c in val_c}
 
 
+VolumeStartStates = list[tuple[SliceSample, SliceStart]]
+
+
 def _volume_starts(samples: Any, tool: Tool, labels: Mapping[str, int], config: RLConfig,
-                   case_ids: set[str]) -> tuple[list[tuple[SliceSample, Any]], list[tuple[SliceSample, Any]]]:
-    """(training, validation) volume start states: (slice sample, propagated box) pairs of the dataset's 3D
+                   case_ids: set[str]) -> tuple[VolumeStartStates, VolumeStartStates]:
+    """(training, validation) volume start states: (slice sample, ``SliceStart``) pairs of the dataset's 3D
     cases, split by the same held-out cases as the slice targets; none for slice samples or when off."""
     if not config.volume_fraction or not config.volume.enabled:
         return [], []
@@ -359,7 +366,7 @@ def _train_grpo(config: RLConfig, samples: Any, tool: Tool, init_dir: str | Path
         for m in modes:
             if m == "volume":
                 r = evaluate_greedy(policy, env, slices, [v for v, _ in vol_val], True, config.seed + 7,
-                                    config.episode.box_jitter, boxes=[b for _, b in vol_val])
+                                    config.episode.box_jitter, starts=[b for _, b in vol_val])
             else:
                 r = evaluate_greedy(policy, env, slices, val, m == "handoff", config.seed + 7,
                                     config.episode.box_jitter)
@@ -384,12 +391,13 @@ def _train_grpo(config: RLConfig, samples: Any, tool: Tool, init_dir: str | Path
             # the volume draw only when there are volume starts, so slice-only runs keep their random stream
             propagated = bool(vol_train) and rng.random() < vf
             if propagated:
-                sample, box = vol_train[int(rng.integers(len(vol_train)))]
+                sample, start = vol_train[int(rng.integers(len(vol_train)))]
+                box, prior = start.box, start.mask
             else:
                 sample = train[int(rng.integers(len(train)))]
                 handoff = bool(rng.random() < config.handoff_fraction)
-                box = jittered_box(sample.gt, rng, config.episode.box_jitter) if handoff else None
-            options = slices.options(sample)
+                box, prior = (jittered_box(sample.gt, rng, config.episode.box_jitter) if handoff else None), None
+            options = slices.options(sample, prior)
             group, rewards = [], []
             for _ in range(config.group_size):
                 policy.trace = []

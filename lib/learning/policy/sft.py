@@ -50,6 +50,10 @@ class SFTConfig:
     data: TrajectoryConfig = help_field("expert trajectory generation (when trajectories are generated here)",
                                         factory=TrajectoryConfig)
     policy: CompactConfig = help_field("architecture of the compact policy", factory=CompactConfig)
+    init: str | None = help_field(
+        "a compact policy checkpoint folder to start from instead of random weights (None = from scratch). Its "
+        "labels and architecture must be the recipe's, except that policy.prior may add the prior channel (its "
+        "weights start at zero: the start decides as the checkpoint does)", None)
     val_fraction: float = help_field("share of CASES held out for validation (never slices of a training case)",
                                      0.2)
     steps: int = help_field("optimizer steps (upper bound; max_minutes may end sooner)", 700)
@@ -108,6 +112,7 @@ class States:
     boxes: list[tuple[int, int, int, int]] = field(default_factory=list)
     cells: list[int] = field(default_factory=list)
     ious: list[float] = field(default_factory=list)
+    priors: list[np.ndarray | None] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.kinds)
@@ -124,6 +129,7 @@ def trajectory_states(trajs: Sequence[Trajectory], label_index: Callable[[str], 
         masks = traj.mask_arrays()
         label = label_index(traj.label)
         given = int(traj.policy_meta.get("handoff_actions", 0))
+        prior = traj.prior_array() if config.prior else None
         executed, issued, prefix = 0, 0, []
         for n, a in enumerate(traj.actions):
             if "invalid" in a:
@@ -145,6 +151,7 @@ def trajectory_states(trajs: Sequence[Trajectory], label_index: Callable[[str], 
             st.boxes.append(code.box)
             st.cells.append(code.cell)
             st.ious.append(float(traj.ious[executed - 1]) if executed else 0.0)
+            st.priors.append(prior)
             if a.get("type") == "stop":
                 break
             prefix.append(a)
@@ -154,7 +161,7 @@ def trajectory_states(trajs: Sequence[Trajectory], label_index: Callable[[str], 
 
 
 class StateBatcher:
-    """Builds (B, 5, S, S) input batches from ``States``; each slice is resampled to the policy frame once."""
+    """Builds (B, C, S, S) input batches from ``States``; each slice is resampled to the policy frame once."""
 
     def __init__(self, states: States, images: Callable[[tuple], np.ndarray], config: CompactConfig) -> None:
         self.states, self.images, self.config = states, images, config
@@ -170,7 +177,7 @@ class StateBatcher:
         st = self.states
         xs, boxes, cells = [], [], []
         for i in idx:
-            x = state_features(self.frame(st.keys[i]), st.masks[i], st.prompts[i], self.config)
+            x = state_features(self.frame(st.keys[i]), st.masks[i], st.prompts[i], self.config, st.priors[i])
             box, cell = st.boxes[i], st.cells[i]
             if rng is not None and augment > 0:
                 gain, offset = 1.0 + rng.uniform(-augment, augment), rng.uniform(-augment / 2, augment / 2)
@@ -194,7 +201,7 @@ class StateBatcher:
 
 def shift_state(x: np.ndarray, box: tuple[int, int, int, int], cell: int, kind: int, dx: int, dy: int,
                 config: CompactConfig) -> tuple[np.ndarray, tuple[int, int, int, int], int] | None:
-    """Translate a state's (5, S, S) input by (dx, dy) grid pixels (content moves right / down; the border
+    """Translate a state's (C, S, S) input by (dx, dy) grid pixels (content moves right / down; the border
     fills with 0) and its target with it; None when the target would leave the grid."""
     s, g, p = config.size, config.box_bins, config.point_grid
     if kind == BOX:
@@ -340,13 +347,25 @@ def train_sft(config: SFTConfig, trajectories: str | Path | Sequence[Trajectory]
         return _train_sft(config, trajectories, out_dir, labels, progress, should_stop, images)
 
 
+def _init_policy(config: SFTConfig, labels: Mapping[str, int]) -> CompactPolicy:
+    """``config.init`` loaded and, where the recipe adds the prior channel, widened; its quality calibration is
+    dropped (it described the weights before this training)."""
+    start = CompactPolicy.load(config.init, calibration=None)
+    if CompactPolicy(labels, config.policy).labels != start.labels:
+        raise ValueError(f"SFTConfig.init {config.init} has labels {start.labels}, the data {dict(labels)}; start "
+                         "from a checkpoint of the same label set (or from scratch: init None)")
+    policy = start.copy(config.policy)
+    policy.provenance = {"init": str(config.init), "init_provenance": dict(start.provenance)}
+    return policy
+
+
 def _train_sft(config: SFTConfig, trajectories: str | Path | Sequence[Trajectory], out_dir: str | Path,
                labels: Mapping[str, int], progress: Callable[[dict], None] | None,
                should_stop: Callable[[], bool] | None, images: Any) -> dict[str, Any]:
     t_start = time.perf_counter()
     rng = seeded(config.seed)
     trajs = read_jsonl(trajectories) if isinstance(trajectories, (str, Path)) else list(trajectories)
-    policy = CompactPolicy(labels, config.policy)
+    policy = CompactPolicy(labels, config.policy) if config.init is None else _init_policy(config, labels)
     known = {n.lower() for n in policy.labels}
     trajs = [t for t in trajs if t.label.lower() in known]
     if not trajs:

@@ -20,8 +20,11 @@ corrective action per slice) and ends below plain propagation where propagation 
   with ``VolumeEpisode.run_slice``. The propagated box is a given, not a decision: the trajectories carry
   ``policy_meta["handoff_actions"] = 1`` and the learner skips it. An expert that stops at once on a slice that
   is already right is the lesson, so nothing is pruned;
-- ``volume_start_states`` gives the plain-propagation starts as (slice sample, start box) pairs, the start
+- ``volume_start_states`` gives the plain-propagation starts as (slice sample, ``SliceStart``) pairs, the start
   states of GRPO groups (``RLConfig.volume_fraction``).
+
+Every start carries the neighbour's mask (the propagated final mask, or the neighbour's ground truth): the slice
+episode's ``prior``, stored with the trajectory, which a policy with the prior input channel sees as served.
 
 Slices outside the label (ground truth below ``min_area``) are not targets: past a structure's end the expert
 has nothing to aim at, and the end of a structure is the end rule's decision (``lib.agent.volume.end_check``).
@@ -41,7 +44,6 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from lib.agent.actions import Box
 from lib.agent.expert import ExpertConfig, ExpertPolicy
 from lib.agent.policies.base import StopPolicy
 from lib.agent.rollout import tool_name
@@ -196,7 +198,8 @@ def starts_of(target: VolumeTarget, starts: VolumeStarts, settings: EpisodeSetti
             for k in present:
                 nb = k - int(np.sign(k - k0))
                 if k != k0 and target.gt[nb].any():
-                    found.append((k, SliceStart(from_slice=nb, box=propagated_box(target.gt[nb], vcfg))))
+                    found.append((k, SliceStart(from_slice=nb, box=propagated_box(target.gt[nb], vcfg),
+                                                mask=target.gt[nb])))
         yield name, evenly_spaced(found, starts.max_slices_per_target)
 
 
@@ -254,14 +257,16 @@ def volume_expert_trajectories(data: Dataset | str | Path, tool: Tool,
 def volume_start_states(data: Dataset | str | Path, tool: Tool,
                         labels: Mapping[str, int] | Iterable[str] | None, settings: EpisodeSettings,
                         starts: VolumeStarts, *, split: str = "training",
-                        seed: int = 0, volume_config: VolumeConfig | None = None) -> list[tuple[SliceSample, Box]]:
-    """Volume start states as (slice sample, propagated box) pairs: the start states of GRPO groups.
+                        seed: int = 0,
+                        volume_config: VolumeConfig | None = None) -> list[tuple[SliceSample, SliceStart]]:
+    """Volume start states as (slice sample, ``SliceStart``) pairs: the start states of GRPO groups (its propagated
+    box is turn 1, its ``mask`` the episode's prior).
 
     The dense prompt is not part of the state: ``VolumeConfig.dense_prompt`` is off where the app serves
     LiteMedSAM (a backend served with it would need the logits carried into the group's episodes).
     """
-    out: list[tuple[SliceSample, Box]] = []
+    out: list[tuple[SliceSample, SliceStart]] = []
     for t in volume_targets(data, labels, settings, starts, split):
         for _, found in starts_of(t, starts, settings, tool, seed, volume_config):
-            out += [(t.sample(k), start.box) for k, start in found]
+            out += [(t.sample(k), start) for k, start in found]
     return out
