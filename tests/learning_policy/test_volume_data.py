@@ -12,6 +12,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from lib.agent.actions import Box, Stop
+from lib.agent.policies.base import Policy
 from lib.agent.policies.compact import CompactPolicy
 from lib.agent.settings import EpisodeSettings
 from lib.agent.volume import VolumeConfig, propagated_box
@@ -20,6 +22,7 @@ from lib.learning.policy.rl import RLConfig, train_grpo
 from lib.learning.policy.sft import SFTConfig, train_sft, trajectory_states
 from lib.learning.policy.volume_data import (
     VolumeStarts,
+    start_policy,
     starts_of,
     volume_expert_trajectories,
     volume_start_states,
@@ -110,6 +113,42 @@ def test_expert_trajectories_from_volume_starts_mark_the_propagated_box_as_given
     assert not any(p is not None for p in trajectory_states(trajs, lambda name: 0, TINY).priors)  # 5 channels
     wide = trajectory_states(trajs, lambda name: 0, dataclasses.replace(TINY, prior=True))
     assert all(p is not None and p.any() for p in wide.priors)
+
+
+class LeftHalf(Policy):
+    """Redraws every slice's box as its left half, then stops: a policy whose states plain propagation never meets."""
+
+    name = "left_half"
+
+    def act(self, obs, info):
+        if info["turn"] >= 2:
+            return Stop()
+        x0, y0, x1, y1 = info["actions"][-1]["box"]
+        return Box(x0, y0, (x0 + x1) // 2, y1)
+
+
+def test_policy_source_labels_the_states_the_current_policy_reaches(dataset, tmp_path):
+    with pytest.raises(ValueError, match="needs VolumeStarts.policy"):
+        VolumeStarts(sources=("policy",))
+    every = {"max_slices_per_target": None}
+    target = next(volume_targets(dataset, ["ball"], SETTINGS, VolumeStarts(**every)))
+    found = dict(starts_of(target, VolumeStarts(sources=("policy",), policy="given", **every), SETTINGS, FakeTool(),
+                           policy=LeftHalf()))["policy"]
+    plain = dict(starts_of(target, VolumeStarts(sources=("propagation",), **every), SETTINGS,
+                           FakeTool()))["propagation"]
+    assert found and all(start.mask is not None for _, start in found)
+    # the starts are what the policy kept on the neighbours (half balls): narrower than plain propagation's
+    widths = {k: s.box.x1 - s.box.x0 for k, s in plain}
+    assert {k for k, _ in found} & set(widths)
+    assert all(s.box.x1 - s.box.x0 < widths[k] for k, s in found if k in widths)
+    # from a checkpoint, as recipes give it; the expert labels those states
+    torch.manual_seed(0)
+    CompactPolicy({"ball": 1}, dataclasses.replace(TINY, prior=True)).save(tmp_path / "ckpt")
+    starts = VolumeStarts(sources=("policy",), policy=str(tmp_path / "ckpt"), max_slices_per_target=2)
+    assert isinstance(start_policy(starts), CompactPolicy)
+    trajs = volume_expert_trajectories(dataset, FakeTool(), ["ball"], SETTINGS, starts)
+    assert trajs and {t.source["volume_start"] for t in trajs} == {"policy"}
+    assert all(t.policy == "expert" and t.prior is not None for t in trajs)
 
 
 def test_sft_warm_starts_a_prior_channel_policy_from_a_checkpoint_without_one(dataset, tmp_path):

@@ -10,8 +10,10 @@ corrective action per slice) and ends below plain propagation where propagation 
 - a **target** is one label of one 3D case of a split; its volume episodes start from the same hand-off box a
   user would draw (the label's largest slice, the tight box jittered by ``box_jitter``, seeded per target) and
   run with the served ``VolumeConfig`` and ``EpisodeSettings``;
-- start states come from two sources: ``propagation`` (a plain-propagation volume episode, no corrections:
-  the drifted starts a policy meets where it does not fix what goes wrong) and ``neighbour_gt`` (the box the
+- start states come from three sources: ``propagation`` (a plain-propagation volume episode, no corrections:
+  the drifted starts a policy meets where it does not fix what goes wrong), ``policy`` (a volume episode of a
+  given policy checkpoint, ``VolumeStarts.policy``: the states that policy reaches, its own mistakes included,
+  for the expert to label, as in DAgger; off unless asked for) and ``neighbour_gt`` (the box the
   propagation rule draws around the neighbour slice's ground-truth mask: the start a policy meets where it
   corrected the neighbour perfectly). The second stands in for an expert-driven volume episode, which gives
   nearly the same starts (the expert reaches 0.9 IoU) at the cost of the expert's search on every slice of
@@ -45,7 +47,8 @@ import numpy as np
 from tqdm import tqdm
 
 from lib.agent.expert import ExpertConfig, ExpertPolicy
-from lib.agent.policies.base import StopPolicy
+from lib.agent.policies.base import Policy, StopPolicy
+from lib.agent.policies.compact import CompactPolicy
 from lib.agent.rollout import tool_name
 from lib.agent.settings import EpisodeSettings
 from lib.agent.trajectories import Trajectory
@@ -59,7 +62,7 @@ from lib.tools.cache import SessionCache
 logger = logging.getLogger(__name__)
 
 #: where a start state comes from (see the module docstring)
-START_SOURCES = ("propagation", "neighbour_gt")
+START_SOURCES = ("propagation", "neighbour_gt", "policy")
 #: bytes of one LiteMedSAM slice embedding, to size a case's session cache (all of its slices stay cached
 #: while its labels are played)
 SLICE_BYTES = 4 << 20
@@ -73,13 +76,16 @@ class VolumeStarts:
 
     sources: tuple[str, ...] = help_field(
         f"volume episodes whose propagated slices become start states: any of {', '.join(START_SOURCES)}; "
-        "empty = off", START_SOURCES)
+        "empty = off", ("propagation", "neighbour_gt"))
     max_slices_per_target: int | None = help_field(
         "propagated slices kept per (case, label) and source, evenly spaced along the run (None = all): bounds "
         "the expert's time and keeps long organs from outnumbering short ones", 8)
     min_area: int = help_field("a propagated slice is a target when its label has at least this many pixels", 20)
     seed_rule: str = help_field(f"seed slice of a target's volume episodes: one of {', '.join(SEED_RULES)}",
                                 "largest")
+    policy: str | None = help_field(
+        "compact policy checkpoint folder whose own volume episodes give the 'policy' source's start states (the "
+        "states the current policy reaches, for the expert to label: DAgger); needed with that source only", None)
 
     def __post_init__(self) -> None:
         self.sources = tuple(str(s) for s in self.sources)
@@ -91,6 +97,9 @@ class VolumeStarts:
                              f"{self.max_slices_per_target}")
         if self.min_area < 1:
             raise ValueError(f"VolumeStarts.min_area must be >= 1, got {self.min_area}")
+        if "policy" in self.sources and not self.policy:
+            raise ValueError("VolumeStarts: the 'policy' source needs VolumeStarts.policy, the checkpoint folder of "
+                             "the policy whose volume episodes it plays")
         if self.seed_rule not in SEED_RULES:
             raise ValueError(f"VolumeStarts.seed_rule must be one of {SEED_RULES}, got {self.seed_rule!r}")
 
@@ -173,22 +182,27 @@ def evenly_spaced(items: list, n: int | None) -> list:
 
 
 def starts_of(target: VolumeTarget, starts: VolumeStarts, settings: EpisodeSettings, tool: Tool, seed: int = 0,
-              volume_config: VolumeConfig | None = None) -> Iterator[tuple[str, list[tuple[int, SliceStart]]]]:
+              volume_config: VolumeConfig | None = None,
+              policy: Policy | None = None) -> Iterator[tuple[str, list[tuple[int, SliceStart]]]]:
     """The target's start states per source: ``(source, [(slice k, SliceStart), ...])``.
 
     Only slices where the label has at least ``starts.min_area`` pixels, evenly thinned to
     ``starts.max_slices_per_target`` per source. ``propagation`` runs one plain-propagation volume episode
-    from the hand-off box (its visited slices, in both directions, until the end rule stops it);
-    ``neighbour_gt`` starts every slice of the label, except the seed, from its neighbour's ground truth
-    (the neighbour on the seed's side, as propagation reaches it).
+    from the hand-off box (its visited slices, in both directions, until the end rule stops it); ``policy``
+    the same with ``policy`` (``start_policy(starts)``) reviewing every slice, as served; ``neighbour_gt``
+    starts every slice of the label, except the seed, from its neighbour's ground truth (the neighbour on the
+    seed's side, as propagation reaches it).
     """
     vcfg = volume_config or VolumeConfig()
     k0, box = handoff_box(target.gt, target.case_id, target.label, seed=seed, box_jitter=settings.box_jitter,
                           seed_rule=starts.seed_rule)
     present = [k for k in range(target.gt.shape[0]) if int(target.gt[k].sum()) >= starts.min_area]
     for name in starts.sources:
-        if name == "propagation":
-            ep = VolumeEpisode(tool, StopPolicy(), settings.env_config(tool_name(tool)), vcfg, cache=target.cache)
+        if name in ("propagation", "policy"):
+            if name == "policy" and policy is None:
+                raise ValueError("the 'policy' start source needs the policy: pass start_policy(starts)")
+            ep = VolumeEpisode(tool, StopPolicy() if name == "propagation" else policy,
+                               settings.env_config(tool_name(tool)), vcfg, cache=target.cache)
             res = ep.run(target.volume, target.label, seed_slice=k0, prompts=[box], gt=target.gt, seed=seed,
                          key=target.key, meta={"case_id": target.case_id})
             found = sorted(((r.index, r.start) for r in res.slices
@@ -201,6 +215,13 @@ def starts_of(target: VolumeTarget, starts: VolumeStarts, settings: EpisodeSetti
                     found.append((k, SliceStart(from_slice=nb, box=propagated_box(target.gt[nb], vcfg),
                                                 mask=target.gt[nb])))
         yield name, evenly_spaced(found, starts.max_slices_per_target)
+
+
+def start_policy(starts: VolumeStarts) -> Policy | None:
+    """The greedy compact policy of the 'policy' source (None when the source is off)."""
+    if "policy" not in starts.sources:
+        return None
+    return CompactPolicy.load(starts.policy)
 
 
 def volume_expert_trajectories(data: Dataset | str | Path, tool: Tool,
@@ -233,6 +254,7 @@ def volume_expert_trajectories(data: Dataset | str | Path, tool: Tool,
     expert_cfg = expert or ExpertConfig(max_actions=env_config.max_turns, box_jitter=settings.box_jitter)
     vcfg = volume_config or VolumeConfig()
     targets = list(volume_targets(data, labels, settings, starts, split))
+    player = start_policy(starts)
     out: list[Trajectory] = []
     bar = tqdm(targets, unit="target", desc="volume expert trajectories", disable=progress is not None,
                mininterval=5)
@@ -240,7 +262,7 @@ def volume_expert_trajectories(data: Dataset | str | Path, tool: Tool,
         if should_stop is not None and should_stop():
             break
         ep = VolumeEpisode(tool, lambda env: ExpertPolicy(env, expert_cfg), env_config, vcfg, cache=t.cache)
-        for name, found in starts_of(t, starts, settings, tool, seed, vcfg):
+        for name, found in starts_of(t, starts, settings, tool, seed, vcfg, player):
             for k, start in found:
                 rec = ep.run_slice(t.volume, t.label, k, start, gt=t.gt, seed=seed, key=t.key,
                                    meta={"case_id": t.case_id, **t.source, "volume_start": name})
@@ -266,7 +288,8 @@ def volume_start_states(data: Dataset | str | Path, tool: Tool,
     LiteMedSAM (a backend served with it would need the logits carried into the group's episodes).
     """
     out: list[tuple[SliceSample, SliceStart]] = []
+    player = start_policy(starts)
     for t in volume_targets(data, labels, settings, starts, split):
-        for _, found in starts_of(t, starts, settings, tool, seed, volume_config):
+        for _, found in starts_of(t, starts, settings, tool, seed, volume_config, player):
             out += [(t.sample(k), start) for k, start in found]
     return out
