@@ -49,7 +49,8 @@ class SFTConfig:
 
     data: TrajectoryConfig = help_field("expert trajectory generation (when trajectories are generated here)",
                                         factory=TrajectoryConfig)
-    policy: CompactConfig = help_field("architecture of the compact policy", factory=CompactConfig)
+    policy: CompactConfig = help_field("architecture of the compact policy (with the prior channel: volume episodes "
+                                       "hand it the neighbour slice's mask)", factory=lambda: CompactConfig(prior=True))
     init: str | None = help_field(
         "a compact policy checkpoint folder to start from instead of random weights (None = from scratch). Its "
         "labels and architecture must be the recipe's, except that policy.prior may add the prior channel (its "
