@@ -52,7 +52,7 @@ from lib.data.dataset import Case, Dataset, SliceSample, split_cases
 from lib.learning.curves import plot_curves, smooth
 from lib.learning.loop import BestState, LoopConfig, MetricLog, TrainLoop, seeded, torch_threads
 from lib.learning.policy.data import DataSource, iter_targets, slice_key
-from lib.learning.policy.volume_data import VolumeStarts, evenly_spaced, volume_start_states
+from lib.learning.policy.volume_data import VolumeStarts, VolumeStartStates, evenly_spaced, volume_start_states
 from lib.learning.recipe import help_field, to_dict
 from lib.tools.base import Tool
 from lib.tools.cache import SessionCache
@@ -227,9 +227,6 @@ def _val_cases(case_ids: set[str], config: RLConfig) -> set[str]:
     return {c.case_id for c in val_c}
 
 
-VolumeStartStates = list[tuple[SliceSample, SliceStart]]
-
-
 def _volume_starts(samples: Any, tool: Tool, labels: Mapping[str, int], config: RLConfig,
                    case_ids: set[str]) -> tuple[VolumeStartStates, VolumeStartStates]:
     """(training, validation) volume start states: (slice sample, ``SliceStart``) pairs of the dataset's 3D
@@ -366,7 +363,7 @@ def _train_grpo(config: RLConfig, samples: Any, tool: Tool, init_dir: str | Path
         for m in modes:
             if m == "volume":
                 r = evaluate_greedy(policy, env, slices, [v for v, _ in vol_val], True, config.seed + 7,
-                                    config.episode.box_jitter, starts=[b for _, b in vol_val])
+                                    config.episode.box_jitter, starts=[start for _, start in vol_val])
             else:
                 r = evaluate_greedy(policy, env, slices, val, m == "handoff", config.seed + 7,
                                     config.episode.box_jitter)
@@ -396,7 +393,8 @@ def _train_grpo(config: RLConfig, samples: Any, tool: Tool, init_dir: str | Path
             else:
                 sample = train[int(rng.integers(len(train)))]
                 handoff = bool(rng.random() < config.handoff_fraction)
-                box, prior = (jittered_box(sample.gt, rng, config.episode.box_jitter) if handoff else None), None
+                box = jittered_box(sample.gt, rng, config.episode.box_jitter) if handoff else None
+                prior = None
             options = slices.options(sample, prior)
             group, rewards = [], []
             for _ in range(config.group_size):

@@ -66,6 +66,8 @@ START_SOURCES = ("propagation", "neighbour_gt", "policy")
 #: bytes of one LiteMedSAM slice embedding, to size a case's session cache (all of its slices stay cached
 #: while its labels are played)
 SLICE_BYTES = 4 << 20
+#: volume start states as GRPO plays them: (slice sample, its start: propagated box + the neighbour's mask)
+VolumeStartStates = list[tuple[SliceSample, SliceStart]]
 
 
 @dataclass
@@ -280,14 +282,14 @@ def volume_start_states(data: Dataset | str | Path, tool: Tool,
                         labels: Mapping[str, int] | Iterable[str] | None, settings: EpisodeSettings,
                         starts: VolumeStarts, *, split: str = "training",
                         seed: int = 0,
-                        volume_config: VolumeConfig | None = None) -> list[tuple[SliceSample, SliceStart]]:
+                        volume_config: VolumeConfig | None = None) -> VolumeStartStates:
     """Volume start states as (slice sample, ``SliceStart``) pairs: the start states of GRPO groups (its propagated
     box is turn 1, its ``mask`` the episode's prior).
 
     The dense prompt is not part of the state: ``VolumeConfig.dense_prompt`` is off where the app serves
     LiteMedSAM (a backend served with it would need the logits carried into the group's episodes).
     """
-    out: list[tuple[SliceSample, SliceStart]] = []
+    out: VolumeStartStates = []
     player = start_policy(starts)
     for t in volume_targets(data, labels, settings, starts, split):
         for _, found in starts_of(t, starts, settings, tool, seed, volume_config, player):
