@@ -7,7 +7,8 @@
 Stages (each cached in ``--work``, so an interrupted run resumes; ``--force STAGE`` redoes one):
 
 1. ``data``: ``scripts/make_sample_studies.py`` phantoms (5 labelled training studies, 3 held-out test ones).
-2. ``trajectories``: expert trajectories on the TRAINING split with the real tool, appended per case.
+2. ``trajectories``: expert trajectories on the TRAINING split with the real tool, appended per case (slice
+   passes, the volume start states' pass and, with ``--dagger CKPT``, the states that checkpoint reaches itself).
 3. ``sft``: behaviour cloning (``configs/sft.yaml`` + the budget flags), validation split by case.
 4. ``rl``: GRPO from the SFT checkpoint (``configs/rl.yaml`` + the budget flags).
 5. ``eval``: every TEST target encoded once; box-only, ellipse, expert, compact SFT and compact SFT+GRPO in
@@ -27,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import argparse  # noqa: E402
+import dataclasses  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import shutil  # noqa: E402
@@ -63,6 +65,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "hand-off boxes): the hand-off refinement data the first pass has too little of")
     p.add_argument("--extra-retries", type=int, default=1, help="expert retries in the extra pass")
     p.add_argument("--train-max-slices-per-case", type=int, default=None)
+    p.add_argument("--dagger", type=Path, default=None,
+                   help="a compact policy checkpoint: one more trajectory pass (trajectories_dagger.jsonl) in which "
+                        "the expert labels the volume states THAT policy reaches in its own volume episodes "
+                        "(DAgger; the 'policy' start source); the SFT stage then trains on it too")
     p.add_argument("--eval-max-slices-per-case", type=int, default=0,
                    help="cap of held-out (slice, label) targets per case, evenly spaced (0 = every target, the "
                         "default: a cap of 24 kept 4 of the 14 lesion targets, 3 of them MR lesions a box gets right)")
@@ -118,11 +124,15 @@ def stage_trajectories(args: argparse.Namespace, studies: Path, tool, labels: di
         per_case_pass(args, "_volume", ds, cfg.split, lambda one: volume_expert_trajectories(
             one, tool, labels, cfg.episode, volume_starts, split=cfg.split, seed=cfg.seed,
             expert=cfg.expert_config()))
+    if args.dagger is not None:
+        dagger = dataclasses.replace(volume_starts, sources=("policy",), policy=str(args.dagger))
+        per_case_pass(args, "_dagger", ds, cfg.split, lambda one: volume_expert_trajectories(
+            one, tool, labels, cfg.episode, dagger, split=cfg.split, seed=cfg.seed, expert=cfg.expert_config()))
     return path
 
 
 #: the trajectory passes, each with its own file (``trajectories{pass}.jsonl``) and time record
-PASSES = ("", "_extra", "_volume")
+PASSES = ("", "_extra", "_volume", "_dagger")
 
 
 def per_case_pass(args: argparse.Namespace, name: str, ds, split: str, generate) -> Path:
