@@ -120,14 +120,13 @@ def stage_trajectories(args: argparse.Namespace, studies: Path, tool, labels: di
         # in 5 of 145 expert actions; with `all` + local merge they are kept far more often, hence 2 candidates)
         cfg.retries = args.extra_retries
         per_case_pass(args, "_extra", ds, cfg.split, lambda one: expert_trajectories(one, tool, labels, cfg))
-    if volume_starts.enabled:
-        per_case_pass(args, "_volume", ds, cfg.split, lambda one: volume_expert_trajectories(
-            one, tool, labels, cfg.episode, volume_starts, split=cfg.split, seed=cfg.seed,
-            expert=cfg.expert_config()))
+    volume_passes = [("_volume", volume_starts)] if volume_starts.enabled else []
     if args.dagger is not None:
-        dagger = dataclasses.replace(volume_starts, sources=("policy",), policy=str(args.dagger))
-        per_case_pass(args, "_dagger", ds, cfg.split, lambda one: volume_expert_trajectories(
-            one, tool, labels, cfg.episode, dagger, split=cfg.split, seed=cfg.seed, expert=cfg.expert_config()))
+        volume_passes.append(("_dagger", dataclasses.replace(volume_starts, sources=("policy",),
+                                                             policy=str(args.dagger))))
+    for name, starts in volume_passes:
+        per_case_pass(args, name, ds, cfg.split, lambda one, starts=starts: volume_expert_trajectories(
+            one, tool, labels, cfg.episode, starts, split=cfg.split, seed=cfg.seed, expert=cfg.expert_config()))
     return path
 
 
