@@ -63,8 +63,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--correction-guard", choices=("on", "off"), default="on" if d.correction_guard else "off",
                    help="keep a propagated slice's corrections only when they agree with the neighbour's mask at "
                         "least as well as the propagated answer (VolumeConfig.correction_guard)")
-    p.add_argument("--hold-propagated", choices=("on", "off"), default="on" if d.hold_propagated else "off",
-                   help="refuse a policy box centred outside a propagated slice's box (VolumeConfig.hold_propagated)")
     p.add_argument("--dense-prompt", choices=("on", "off"), default="on" if d.dense_prompt else "off",
                    help="send the neighbour's logits as the dense prompt (backends with mask input)")
     p.add_argument("--margin-px", type=int, default=d.margin_px)
@@ -99,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         policy = StopPolicy()
     vcfg = VolumeConfig(margin_px=args.margin_px, margin_fraction=args.margin_fraction,
                         dense_prompt=args.dense_prompt == "on", correction_guard=args.correction_guard == "on",
-                        min_fill=args.min_fill, hold_propagated=args.hold_propagated == "on",
+                        min_fill=args.min_fill,
                         collapse_fraction=args.collapse_fraction,
                         min_score=args.min_score, lookahead=args.lookahead, prefetch=not args.no_prefetch)
     env_config = settings.env_config(args.backend)

@@ -128,13 +128,6 @@ class VolumeConfig:
             that same box instead of the mask's bounding box: a mask that fills little of a box drawn around the
             structure undershot it (LiteMedSAM answers a fragment on many real MR slices), and a box shrunk to the
             fragment makes the next answer smaller still. 0 = off (every start box comes from the mask).
-        hold_propagated: on a propagated slice, a box the policy draws whose centre lies outside the propagated
-            box is not executed and the slice keeps the mask it had (``Prefixed`` with the centre test only;
-            ``stop_reason`` ``box_outside_prompt``). A structure moves a few pixels between neighbouring slices,
-            so a box centred outside the neighbour's box (grown by the margin) is around another structure (the
-            demo policy's redraws on the real MR aorta land on another vessel: slice Dice 0.10 and 0.00). Any
-            box centred inside it, of any size, is still played: the seed-slice rule's IoU test refused
-            legitimate shifted pancreas and kidney boxes on propagated slices.
     """
 
     margin_px: int = 3
@@ -149,7 +142,6 @@ class VolumeConfig:
     memory: bool = True
     correction_guard: bool = False
     min_fill: float = 0.0
-    hold_propagated: bool = False
 
     def __post_init__(self) -> None:
         for name in ("margin_px", "min_area", "lookahead"):
@@ -591,14 +583,10 @@ class _Run:
         if start is not None and start.logits is not None:
             session_used = DensePromptSession(session_used, start.logits)
         prefix: list[Action] = list(self.prompts) if start is None else [start.box]
-        # the user's prompts hold the policy to their box by the same-object test; a propagated box is the
-        # episode's own guess of where the structure moved, which the policy may replace (held to it by that test,
-        # the phantoms' volume Dice fell from 0.701 to 0.696: shifted pancreas and kidney boxes were refused), so
-        # at most the centre test holds it there (VolumeConfig.hold_propagated)
-        if start is None:
-            agent = Prefixed(prefix, ep.policy) if prefix else ep.policy
-        else:
-            agent = Prefixed(prefix, ep.policy, anchored=ep.config.hold_propagated, min_iou=0.0)
+        # only the user's prompts hold the policy to their box: a propagated box is the episode's own guess of
+        # where the structure moved, which the policy may replace (held to it, the phantoms' volume Dice fell
+        # from 0.701 to 0.696: shifted pancreas and kidney boxes were refused)
+        agent = Prefixed(prefix, ep.policy, anchored=start is None) if prefix else ep.policy
         options = {
             "image": np.asarray(self.volume[k], dtype=np.float32),
             "session": session_used,

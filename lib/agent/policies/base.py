@@ -78,20 +78,14 @@ class Prefixed(Policy):
             so it sees the prefix only through ``obs``/``info`` (executed actions, current mask).
         anchored: hold the policy's boxes to the prefix's box (above). Clicks are not held: a click outside the
             box is how a user or the expert adds a part the box cut off. Volume episodes hold the policy to the
-            user's prompts on the seed slice; on a propagated slice only with ``VolumeConfig.hold_propagated``,
-            and then by the centre test alone (``min_iou`` 0).
-        min_iou: the IoU part of the same-object test; 0 leaves only the centre test (a box centred inside the
-            anchor may be any size: a propagated box is the episode's own guess, which the policy may grow or
-            shrink, but a box centred outside it has moved to another place).
+            user's prompts on the seed slice only, not to the propagated boxes (their own guess).
     """
 
-    def __init__(self, prefix: Sequence[Action], policy: Policy, anchored: bool = True,
-                 min_iou: float = SAME_OBJECT_IOU) -> None:
+    def __init__(self, prefix: Sequence[Action], policy: Policy, anchored: bool = True) -> None:
         self.prefix = list(prefix)
         self.policy = policy
         self.name = policy.name
         self.anchor = next((a for a in reversed(self.prefix) if isinstance(a, Box)), None) if anchored else None
-        self.min_iou = float(min_iou)
         self._i = 0
         self._asked = False
 
@@ -121,7 +115,7 @@ class Prefixed(Policy):
 
     def _moves_away(self, action: Action | str, obs: Mapping[str, Any]) -> bool:
         """True for a box (an ``Action``, or a language policy's tool call) that is not the anchor box's object:
-        centred outside it, or box IoU < ``min_iou``."""
+        centred outside it, or box IoU < ``SAME_OBJECT_IOU``."""
         if isinstance(action, str):
             shape = tuple(np.shape(obs["image"])[:2])
             try:
@@ -132,7 +126,7 @@ class Prefixed(Policy):
             return False
         a = self.anchor
         cx, cy = (action.x0 + action.x1) / 2.0, (action.y0 + action.y1) / 2.0
-        return not (a.x0 <= cx <= a.x1 and a.y0 <= cy <= a.y1) or box_iou(action, a) < self.min_iou
+        return not (a.x0 <= cx <= a.x1 and a.y0 <= cy <= a.y1) or box_iou(action, a) < SAME_OBJECT_IOU
 
     def assess(self, obs: Mapping[str, Any], info: Mapping[str, Any]) -> float | None:
         return self.policy.assess(obs, info)
