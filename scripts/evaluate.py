@@ -23,8 +23,9 @@ Outputs in ``--out``: ``results.json`` (summary keys, ``baselines``, ``per_label
 ``--scope volume`` evaluates whole-volume episodes instead (``lib.agent.volume_eval``): for every (3D case,
 label) of the split, one hand-off box on the label's largest slice (``--seed-slice``), propagation through the
 volume with the policy reviewing every slice, 3D Dice and NSD, corrective actions, seconds and encoder calls per
-volume, beside the baselines ``propagation`` (no agent), ``expert`` (the oracle driving the same propagation) and
-``oracle_box`` (the ground-truth box on every slice). ``--policy box`` is plain propagation there. Outputs:
+volume, beside the baselines ``propagation`` (no agent), ``expert`` (the oracle driving the same propagation),
+``oracle_box`` (the ground-truth box on every slice) and ``oracle_ellipse`` (the ellipse in that box, no tool).
+``--policy box`` is plain propagation there. Outputs:
 ``results.json`` (``scope: "volume"``, ``final_dice3d``, ``per_label``, ``baselines``, ``rows``), ``report.md``,
 ``dice3d_per_label.png``, ``actions_per_slice.png``.
 

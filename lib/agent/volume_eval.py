@@ -14,7 +14,9 @@ For every 3D case of the split and every label present in it (one *target*):
   ``expert`` = the ground-truth expert (``lib.agent.expert``) reviewing every slice of the same propagation
   at the same turn budget (an oracle: an upper bound of what a policy could do on these start states);
   ``oracle_box`` = the tool given the tight ground-truth box on every slice where the label is present (no
-  propagation, no end rule: what the tool can do when the box is always right).
+  propagation, no end rule: what the tool can do when the box is always right);
+  ``oracle_ellipse`` = no tool at all: the ellipse inscribed in that same box on every slice (the trivial
+  ellipse-in-box baseline through the volume; a tool that does not beat it with the same boxes adds nothing).
 
 All runs of a target share one session cache: each slice is encoded once for the target, by the policy run,
 which goes first on a cold cache, so its seconds are what a user waits; baseline seconds are on warm
@@ -46,6 +48,7 @@ from lib.agent.clicks import DEFAULT_BOX_JITTER, jittered_box, tight_box
 from lib.agent.env import EnvConfig
 from lib.agent.expert import ExpertConfig, ExpertPolicy
 from lib.agent.policies.base import Policy, StopPolicy
+from lib.agent.policies.ellipse import ellipse_mask
 from lib.agent.rollout import episode_seed
 from lib.agent.volume import PolicyLike, VolumeConfig, VolumeEpisode, VolumeResult, session_key
 from lib.data.dataset import Case, Dataset
@@ -56,7 +59,7 @@ from lib.tools.base import Tool
 from lib.tools.cache import SessionCache
 
 #: baselines run beside the policy (see the module docstring)
-BASELINES = ("propagation", "expert", "oracle_box")
+BASELINES = ("propagation", "expert", "oracle_box", "oracle_ellipse")
 #: where the expert's headroom lies, on request (not run by default): the expert on the seed slice only (every
 #: propagated slice keeps its propagated answer), or on the propagated slices only (the seed keeps the box's answer)
 SPLIT_EXPERT_BASELINES = ("expert_seed", "expert_propagated")
@@ -179,6 +182,23 @@ def oracle_box(tool: Tool, volume: np.ndarray, gt: np.ndarray, cache: SessionCac
     return {"mask": out, "seconds": time.perf_counter() - t0, "encoder_calls": calls, "slices": len(slices)}
 
 
+def oracle_ellipse(gt: np.ndarray) -> dict[str, Any]:
+    """The ellipse inscribed in the tight ground-truth box on every slice where ``gt`` is present (no tool).
+
+    Args:
+        gt: (K, J, I) bool.
+
+    Returns:
+        ``{"mask": (K, J, I) bool, "seconds": float, "encoder_calls": 0, "slices": int}``, as ``oracle_box``.
+    """
+    t0 = time.perf_counter()
+    out = np.zeros(gt.shape, dtype=bool)
+    slices = [int(k) for k in np.flatnonzero(gt.reshape(gt.shape[0], -1).any(axis=1))]
+    for k in slices:
+        out[k] = ellipse_mask(tight_box(gt[k]), gt[k].shape)
+    return {"mask": out, "seconds": time.perf_counter() - t0, "encoder_calls": 0, "slices": len(slices)}
+
+
 class OnSlices(Policy):
     """``inner`` decides on the seed slice only (``seed=True``) or on the propagated slices only (``False``); on the
     other slices it stops at once, so they keep what the prompts (user's or propagated box) gave. Reads the slice's
@@ -276,8 +296,8 @@ def evaluate_target(tool: Tool, policy: PolicyLike, volume: np.ndarray, gt: np.n
     row["kept_slices"] = [int(main.kept[0]), int(main.kept[-1])] if main.kept else None
     calls = row["encoder_calls"]
     for name in baselines:
-        if name == "oracle_box":
-            ob = oracle_box(tool, volume, gt, cache, key)
+        if name in ("oracle_box", "oracle_ellipse"):
+            ob = oracle_box(tool, volume, gt, cache, key) if name == "oracle_box" else oracle_ellipse(gt)
             m = volume_metrics(ob["mask"], gt, spacing, nsd_tolerance_mm)
             row.update({f"{name}_dice3d": m["dice3d"], f"{name}_nsd": m["nsd"], f"{name}_actions": 0,
                         f"{name}_seconds": ob["seconds"]})

@@ -11,11 +11,13 @@ import SimpleITK as sitk
 from lib.agent.actions import Box, Stop
 from lib.agent.env import EnvConfig
 from lib.agent.policies.base import Policy, StopPolicy
+from lib.agent.policies.ellipse import ellipse_mask
 from lib.agent.volume_eval import (
     BASELINES,
     evaluate_target,
     evaluate_volumes,
     markdown_table,
+    oracle_ellipse,
     seed_slice_of,
     volume_metrics,
     window_volume,
@@ -61,8 +63,10 @@ def test_evaluate_target_runs_policy_and_baselines_on_shared_encodes():
     row = evaluate_target(tool, StopPolicy(), vol, gt, (5.0, 1.5, 1.5), "disk", case_id="c0",
                           env_config=EnvConfig(prompting="all"), box_jitter=0.0)  # the tight box: exact answers
     assert row["seed_slice"] == 4 and row["gt_slices"] == [2, 8]
-    for name in ("", *(f"{b}_" for b in BASELINES)):
+    for name in ("", *(f"{b}_" for b in BASELINES if b != "oracle_ellipse")):
         assert row[f"{name}dice3d"] == pytest.approx(1.0) and row[f"{name}nsd"] == pytest.approx(1.0)
+    # no tool: the ellipse in each slice's box, close to the digital disks but not them
+    assert 0.9 < row["oracle_ellipse_dice3d"] < 1.0 and row["oracle_ellipse_actions"] == 0
     assert row["actions"] == 0 and row["propagation_actions"] == 0
     assert all(n == 1 for n in tool.starts.values())  # four runs, one encode per slice
     # the policy run goes first and encodes what it visits; a slice it only prefetched past an end may be cancelled
@@ -165,3 +169,14 @@ def test_seed_slice_rules():
     assert seed_slice_of(edge_only, "largest_interior") == 9  # nothing inside: the largest anyway
     with pytest.raises(ValueError, match="seed rule"):
         seed_slice_of(gt, "middle")
+
+
+def test_oracle_ellipse_is_the_ellipse_in_each_slices_box_and_calls_no_tool():
+    gt = np.zeros((4, 20, 30), dtype=bool)
+    gt[1] = ellipse_mask(Box(3, 2, 20, 11), (20, 30))
+    gt[2] = ellipse_mask(Box(5, 4, 14, 17), (20, 30))
+    gt[2, 0, 29] = True  # a stray pixel: the box, and so the ellipse, now spans it
+    res = oracle_ellipse(gt)
+    assert res["encoder_calls"] == 0 and res["slices"] == 2
+    assert np.array_equal(res["mask"][1], gt[1]) and not res["mask"][[0, 3]].any()
+    assert np.array_equal(res["mask"][2], ellipse_mask(Box(5, 0, 29, 17), (20, 30)))
