@@ -160,6 +160,11 @@ def _policy_knows(policy: Policy, label: str) -> str | None:
     return None
 
 
+def present_slices(gt: np.ndarray) -> list[int]:
+    """Indices k (axis 0) of the slices of a (K, J, I) bool ``gt`` that hold at least one voxel."""
+    return [int(k) for k in np.flatnonzero(gt.reshape(gt.shape[0], -1).any(axis=1))]
+
+
 def oracle_box(tool: Tool, volume: np.ndarray, gt: np.ndarray, cache: SessionCache, key: Any) -> dict[str, Any]:
     """The tool given the tight ground-truth box on every slice where ``gt`` is present.
 
@@ -174,7 +179,7 @@ def oracle_box(tool: Tool, volume: np.ndarray, gt: np.ndarray, cache: SessionCac
     t0 = time.perf_counter()
     out = np.zeros(gt.shape, dtype=bool)
     calls = 0
-    slices = [int(k) for k in np.flatnonzero(gt.reshape(gt.shape[0], -1).any(axis=1))]
+    slices = present_slices(gt)
     for k in slices:
         session, cached = cache.get_or_start(session_key(tool, key, k), lambda k=k: tool.start(volume[k]))
         calls += int(not cached)
@@ -193,7 +198,7 @@ def oracle_ellipse(gt: np.ndarray) -> dict[str, Any]:
     """
     t0 = time.perf_counter()
     out = np.zeros(gt.shape, dtype=bool)
-    slices = [int(k) for k in np.flatnonzero(gt.reshape(gt.shape[0], -1).any(axis=1))]
+    slices = present_slices(gt)
     for k in slices:
         out[k] = ellipse_mask(tight_box(gt[k]), gt[k].shape)
     return {"mask": out, "seconds": time.perf_counter() - t0, "encoder_calls": 0, "slices": len(slices)}
