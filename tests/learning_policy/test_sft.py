@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from lib.agent.policies.compact import CompactPolicy
+from lib.agent.policies.compact_config import BOX, NEG, STOP
 from lib.agent.settings import EpisodeSettings
-from lib.agent.trajectories import read_jsonl, write_jsonl
+from lib.agent.trajectories import Trajectory, read_jsonl, rle_encode, write_jsonl
 from lib.learning.policy.data import TrajectoryConfig, expert_trajectories
 from lib.learning.policy.sft import SFTConfig, train_sft, trajectory_states
 from lib.learning.recipe import load_recipe
@@ -79,3 +81,29 @@ def test_recipes_load_into_the_config_dataclasses():
     assert rl.steps == 3 and rl.group_size >= 2
     with pytest.raises(ValueError, match="unknown key"):
         load_recipe(SFTConfig, None, stepz=3)
+
+
+def _redraw_trajectory(dices: list[float], given: int) -> Trajectory:
+    """Box, redraw box, negative click, stop on an 8x8 slice; ``given`` of them were handed over, not decided."""
+    actions = [{"type": "box", "box": [1, 1, 6, 6]}, {"type": "box", "box": [2, 1, 6, 6]},
+               {"type": "point", "point": [2, 2], "positive": False}, {"type": "stop"}]
+    masks = [rle_encode(np.eye(8, dtype=bool))] * 3
+    return Trajectory(case_id="c", slice_index=0, label="ball", backend="fake", prompting="all", policy="expert",
+                      shape=[8, 8], actions=actions, ious=list(dices), dices=list(dices), scores=[1.0] * 3,
+                      masks=masks, final_mask=masks[-1], stop_reason="target_reached",
+                      policy_meta={"handoff_actions": given})
+
+
+@pytest.mark.parametrize("given", [0, 1])
+def test_min_redraw_gain_imitates_small_redraws_as_stop(given):
+    small = _redraw_trajectory([0.80, 0.82, 0.90], given)
+    large = _redraw_trajectory([0.50, 0.80, 0.90], given)
+    kinds = lambda trajs, gain: trajectory_states(trajs, lambda name: 0, TINY, gain).kinds  # noqa: E731
+    every = [BOX, BOX, NEG, STOP][given:]
+    assert kinds([small], 0.0) == every and kinds([large], 0.05) == every
+    # the redraw gained 0.02 < 0.05: the expert's state after the first box is imitated as Stop, and nothing after it
+    assert kinds([small], 0.05) == [BOX, STOP][given:]
+    # the first box of an episode is never a redraw, whatever it gained; after a given box every box is one
+    assert kinds([_redraw_trajectory([0.01, 0.5, 0.9], given)], 0.6)[:1] == [[BOX], [STOP]][given]
+    with pytest.raises(ValueError, match="min_redraw_gain"):
+        SFTConfig(min_redraw_gain=-0.1)

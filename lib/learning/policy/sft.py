@@ -72,6 +72,12 @@ class SFTConfig:
         "random translation of a whole training state (image, mask, prompts and target), up to this many grid "
         "pixels in steps of 4 (one click cell); 0 = off. Expert data is small: 16 (6% of 256) multiplies the "
         "box-regression examples without changing what the target is", 16)
+    min_redraw_gain: float = help_field(
+        "imitate a box REDRAW (a box when one was already executed: the user's, the propagated one or an earlier "
+        "redraw) only when it raised the Dice by at least this much; a smaller redraw is imitated as Stop. The "
+        "expert picks its redraw with the ground truth in hand, so a redraw that gains a point or two is a "
+        "tightening the policy cannot reproduce without it, and imitating it teaches redrawing as a habit; "
+        "0 = imitate every redraw", 0.0)
     eval_every: int = help_field("steps between validation passes", 100)
     max_minutes: float = help_field("wall-clock budget of the optimisation in minutes (0 = none)", 14.0)
     seed: int = help_field("seeds the split, the batches and torch", 0)
@@ -98,6 +104,8 @@ class SFTConfig:
             raise ValueError(f"SFTConfig.shift must be a multiple of 4 grid pixels >= 0, got {self.shift}")
         if self.max_minutes < 0:
             raise ValueError(f"SFTConfig.max_minutes must be >= 0 (0 = no budget), got {self.max_minutes}")
+        if not 0.0 <= self.min_redraw_gain <= 1.0:
+            raise ValueError(f"SFTConfig.min_redraw_gain must be a Dice gain in [0, 1], got {self.min_redraw_gain}")
 
 
 @dataclass
@@ -119,11 +127,15 @@ class States:
         return len(self.kinds)
 
 
-def trajectory_states(trajs: Sequence[Trajectory], label_index: Callable[[str], int], config: CompactConfig) -> States:
+def trajectory_states(trajs: Sequence[Trajectory], label_index: Callable[[str], int], config: CompactConfig,
+                      min_redraw_gain: float = 0.0) -> States:
     """Every decision of every trajectory as a ``States`` entry (invalid actions are skipped).
 
     The first ``policy_meta["handoff_actions"]`` actions of a trajectory were given, not decided (a user's
-    hand-off prompt, a volume's propagated box): they build the state but are not imitated."""
+    hand-off prompt, a volume's propagated box): they build the state but are not imitated. With
+    ``min_redraw_gain`` > 0 (``SFTConfig.min_redraw_gain``), a box decided while a box was already executed whose
+    Dice gain (``traj.dices``, after minus before) is below it becomes a Stop decision, and the trajectory's
+    later decisions are dropped (their states followed the redraw)."""
     st = States()
     for traj in trajs:
         shape = tuple(traj.shape)
@@ -131,7 +143,7 @@ def trajectory_states(trajs: Sequence[Trajectory], label_index: Callable[[str], 
         label = label_index(traj.label)
         given = int(traj.policy_meta.get("handoff_actions", 0))
         prior = traj.prior_array() if config.prior else None
-        executed, issued, prefix = 0, 0, []
+        executed, issued, prefix, boxed = 0, 0, [], False
         for n, a in enumerate(traj.actions):
             if "invalid" in a:
                 issued += 1
@@ -141,7 +153,11 @@ def trajectory_states(trajs: Sequence[Trajectory], label_index: Callable[[str], 
                 prefix.append(a)
                 issued += 1
                 executed += 1
+                boxed = boxed or a.get("type") == "box"
                 continue
+            if (min_redraw_gain > 0 and boxed and a.get("type") == "box" and len(traj.dices) > executed
+                    and traj.dices[executed] - traj.dices[executed - 1] < min_redraw_gain):
+                a = {"type": "stop"}
             code = encode_action(a, shape, config)
             st.keys.append(traj_key(traj))
             st.masks.append(masks[executed - 1] if executed else np.zeros(shape, dtype=bool))
@@ -158,6 +174,7 @@ def trajectory_states(trajs: Sequence[Trajectory], label_index: Callable[[str], 
             prefix.append(a)
             issued += 1
             executed += 1
+            boxed = boxed or a.get("type") == "box"
     return st
 
 
@@ -373,8 +390,8 @@ def _train_sft(config: SFTConfig, trajectories: str | Path | Sequence[Trajectory
         raise ValueError(f"no trajectory targets one of the labels {sorted(policy.labels)}; generate expert "
                          "trajectories for them first")
     train_t, val_t, train_cases, val_cases = _split(trajs, config.val_fraction, config.seed)
-    train = trajectory_states(train_t, policy.label_index, config.policy)
-    val = trajectory_states(val_t, policy.label_index, config.policy)
+    train = trajectory_states(train_t, policy.label_index, config.policy, config.min_redraw_gain)
+    val = trajectory_states(val_t, policy.label_index, config.policy, config.min_redraw_gain)
     if not len(train):
         raise ValueError("the training split has no decision state")
     pixels = SliceImages(images, config.data.episode)
