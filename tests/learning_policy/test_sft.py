@@ -98,7 +98,10 @@ def _redraw_trajectory(dices: list[float], given: int) -> Trajectory:
 def test_min_redraw_gain_imitates_small_redraws_as_stop(given):
     small = _redraw_trajectory([0.80, 0.82, 0.90], given)
     large = _redraw_trajectory([0.50, 0.80, 0.90], given)
-    kinds = lambda trajs, gain: trajectory_states(trajs, lambda name: 0, TINY, gain).kinds  # noqa: E731
+
+    def kinds(trajs, gain):
+        return trajectory_states(trajs, lambda name: 0, TINY, gain).kinds
+
     every = [BOX, BOX, NEG, STOP][given:]
     assert kinds([small], 0.0) == every and kinds([large], 0.05) == every
     # the redraw gained 0.02 < 0.05: the expert's state after the first box is imitated as Stop, and nothing after it
