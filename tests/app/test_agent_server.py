@@ -20,7 +20,7 @@ pytestmark = pytest.mark.server
 
 #: a short SFT run: enough for the liver on the sample phantoms, small enough for CI on 2 cores; two volume start
 #: states per image (each costs the encodes of a propagation through the liver)
-SFT = {"steps": 300, "max_slices_per_case": 8, "volume_slices_per_target": 2, "seed": 0, "labels": ["liver"]}
+SFT = {"steps": 150, "max_slices_per_case": 8, "volume_slices_per_target": 2, "seed": 0, "labels": ["liver"]}
 
 
 def ijk(path) -> np.ndarray:
