@@ -127,6 +127,7 @@ def test_in_server_trainers_pass_the_served_settings(app, monkeypatch, tmp_path,
     import lib.learning.policy.data as agent_data
     import lib.learning.policy.rl as rl
     import lib.learning.policy.sft as sft
+    import lib.learning.policy.volume_data as volume_data
     from lib.data.dataset import Dataset
 
     seen = {}
@@ -135,7 +136,12 @@ def test_in_server_trainers_pass_the_served_settings(app, monkeypatch, tmp_path,
         seen["sft"] = config.episode
         return ["trajectory"]
 
+    def fake_volume_trajectories(data, tool, labels, settings, starts, **kw):
+        seen["sft_volume"] = settings
+        return ["volume trajectory"]
+
     monkeypatch.setattr(agent_data, "expert_trajectories", fake_trajectories)
+    monkeypatch.setattr(volume_data, "volume_expert_trajectories", fake_volume_trajectories)
     monkeypatch.setattr(sft, "train_sft", lambda config, *a, **k: {"steps": 0})
     monkeypatch.setattr(rl, "train_grpo", lambda config, *a, **k: seen.setdefault("rl", config.episode) and {})
     ds = Dataset.from_dir(sample_data / "studies")
@@ -146,6 +152,7 @@ def test_in_server_trainers_pass_the_served_settings(app, monkeypatch, tmp_path,
     task = app._trainers["agent_rl"]
     task.train({**task.config(), "labels": ["liver"]}, ds, tmp_path / "rl", lambda info: None)
     assert seen["sft"] is app.app_conf.episode and seen["rl"] is app.app_conf.episode
+    assert seen["sft_volume"] is app.app_conf.episode  # the volume start states are played as served too
 
 
 def test_a_policy_trained_otherwise_is_reported(app):
