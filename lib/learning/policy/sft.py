@@ -143,7 +143,7 @@ def trajectory_states(trajs: Sequence[Trajectory], label_index: Callable[[str], 
         label = label_index(traj.label)
         given = int(traj.policy_meta.get("handoff_actions", 0))
         prior = traj.prior_array() if config.prior else None
-        executed, issued, prefix, boxed = 0, 0, [], False
+        executed, issued, prefix = 0, 0, []
         for n, a in enumerate(traj.actions):
             if "invalid" in a:
                 issued += 1
@@ -153,9 +153,9 @@ def trajectory_states(trajs: Sequence[Trajectory], label_index: Callable[[str], 
                 prefix.append(a)
                 issued += 1
                 executed += 1
-                boxed = boxed or a.get("type") == "box"
                 continue
-            if (min_redraw_gain > 0 and boxed and a.get("type") == "box" and len(traj.dices) > executed
+            redraw = a.get("type") == "box" and any(p.get("type") == "box" and "invalid" not in p for p in prefix)
+            if (min_redraw_gain > 0 and redraw and len(traj.dices) > executed
                     and traj.dices[executed] - traj.dices[executed - 1] < min_redraw_gain):
                 a = {"type": "stop"}
             code = encode_action(a, shape, config)
@@ -174,7 +174,6 @@ def trajectory_states(trajs: Sequence[Trajectory], label_index: Callable[[str], 
             prefix.append(a)
             issued += 1
             executed += 1
-            boxed = boxed or a.get("type") == "box"
     return st
 
 
