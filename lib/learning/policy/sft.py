@@ -154,8 +154,9 @@ def trajectory_states(trajs: Sequence[Trajectory], label_index: Callable[[str], 
                 issued += 1
                 executed += 1
                 continue
-            redraw = a.get("type") == "box" and any(p.get("type") == "box" and "invalid" not in p for p in prefix)
-            if (min_redraw_gain > 0 and redraw and len(traj.dices) > executed
+            # a redraw: a box after an executed one (invalid actions in the prefix produced no mask)
+            if (min_redraw_gain > 0 and a.get("type") == "box" and len(traj.dices) > executed
+                    and any(p.get("type") == "box" and "invalid" not in p for p in prefix)
                     and traj.dices[executed] - traj.dices[executed - 1] < min_redraw_gain):
                 a = {"type": "stop"}
             code = encode_action(a, shape, config)
